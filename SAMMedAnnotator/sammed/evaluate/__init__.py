@@ -1,0 +1,1 @@
+"""Evaluation with simulated users: metrics, click simulation, protocols (interactive, SAMassist, propagation)."""

@@ -1,0 +1,213 @@
+"""Slices of a KJI volume along any axis, and conversions between array layouts.
+
+Conventions (the only file that converts between them):
+
+- A volume array is KJI. ``axis`` 0 takes ``volume_kji[index]`` (rows = J, columns = I), axis 1 takes
+  ``volume_kji[:, index, :]`` (rows = K, columns = I), axis 2 takes ``volume_kji[:, :, index]`` (rows = K,
+  columns = J). Slices are never flipped or transposed, so a mask goes back into the volume exactly.
+- In a slice, SAM points are ``(x, y) = (column, row)`` in pixel units; boxes are ``XYXY``
+  ``(x_min, y_min, x_max, y_max)`` in the same frame, inclusive pixel indices as MedSAM uses them.
+- Anatomical names map to array axes through the direction cosines: the IJK axis that points most along
+  S/I is axial, along A/P coronal, along L/R sagittal; array axis = 2 - IJK axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ORIENTATIONS = ("axial", "coronal", "sagittal")
+# LPS component that is the normal of each orientation: axial -> S (2), coronal -> P (1), sagittal -> L (0)
+_NORMAL_COMPONENT = {"axial": 2, "coronal": 1, "sagittal": 0}
+
+
+def axis_for_orientation(direction_lps: np.ndarray, orientation: str) -> int:
+    """Array axis (0, 1, 2 of a KJI array) whose slices are closest to ``orientation``.
+
+    Args:
+        direction_lps: 3x3, column c is the LPS direction of IJK axis c (RAS works the same: only |values| matter).
+        orientation: "axial", "coronal" or "sagittal" (or an int 0/1/2, returned as is).
+
+    Raises:
+        ValueError: unknown orientation name.
+    """
+    if isinstance(orientation, (int, np.integer)):
+        return check_axis(int(orientation))
+    name = str(orientation).lower()
+    if name in ("0", "1", "2"):
+        return int(name)
+    if name not in _NORMAL_COMPONENT:
+        raise ValueError(f"Unknown axis '{orientation}'; use axial, coronal, sagittal or 0, 1, 2.")
+    d = np.abs(np.asarray(direction_lps, dtype=float).reshape(3, 3))
+    ijk_axis = _assign_ijk_axes(d)[name]
+    return 2 - ijk_axis
+
+
+def _assign_ijk_axes(abs_direction: np.ndarray) -> dict[str, int]:
+    """Orientation name -> IJK axis, a one-to-one assignment maximising alignment (handles oblique volumes)."""
+    from itertools import permutations
+
+    best, best_score = None, -1.0
+    for perm in permutations(range(3)):  # perm[c] = LPS component for IJK axis c
+        score = sum(abs_direction[perm[c], c] for c in range(3))
+        if score > best_score:
+            best, best_score = perm, score
+    return {name: best.index(comp) for name, comp in _NORMAL_COMPONENT.items()}
+
+
+def orientation_of_axis(direction_lps: np.ndarray, axis: int) -> str:
+    """The anatomical name (axial/coronal/sagittal) of array axis ``axis``."""
+    check_axis(axis)
+    assignment = _assign_ijk_axes(np.abs(np.asarray(direction_lps, dtype=float).reshape(3, 3)))
+    for name, ijk in assignment.items():
+        if 2 - ijk == axis:
+            return name
+    raise RuntimeError("unreachable")  # pragma: no cover
+
+
+def check_axis(axis: int) -> int:
+    if axis not in (0, 1, 2):
+        raise ValueError(f"Axis {axis} is not 0, 1 or 2 (array axes of a KJI volume).")
+    return int(axis)
+
+
+def num_slices(shape_kji: tuple[int, int, int], axis: int) -> int:
+    return int(shape_kji[check_axis(axis)])
+
+
+def check_index(shape_kji: tuple[int, int, int], axis: int, index: int) -> int:
+    n = num_slices(shape_kji, axis)
+    if not 0 <= int(index) < n:
+        raise ValueError(f"Slice {index} is out of range on axis {axis}: the volume has slices 0..{n - 1} there.")
+    return int(index)
+
+
+def extract_slice(volume_kji: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """HxW view of one slice (see the module docstring for rows/columns per axis)."""
+    check_index(volume_kji.shape, axis, index)
+    return np.take(volume_kji, int(index), axis=axis)
+
+
+def insert_slice(volume_kji: np.ndarray, axis: int, index: int, slice_hw: np.ndarray) -> None:
+    """Write ``slice_hw`` into ``volume_kji`` in place (inverse of ``extract_slice``)."""
+    check_index(volume_kji.shape, axis, index)
+    target = [slice(None)] * 3
+    target[axis] = int(index)
+    if volume_kji[tuple(target)].shape != slice_hw.shape:
+        raise ValueError(
+            f"Mask shape {slice_hw.shape} does not match slice shape {volume_kji[tuple(target)].shape} on axis {axis}."
+        )
+    volume_kji[tuple(target)] = slice_hw
+
+
+def slice_shape(shape_kji: tuple[int, int, int], axis: int) -> tuple[int, int]:
+    s = [int(v) for v in shape_kji]
+    del s[check_axis(axis)]
+    return s[0], s[1]
+
+
+def pixel_spacing(spacing_ijk: tuple[float, float, float], axis: int) -> tuple[float, float]:
+    """(row, column) pixel size in mm of a slice on ``axis``."""
+    si, sj, sk = spacing_ijk
+    return {0: (sj, si), 1: (sk, si), 2: (sk, sj)}[check_axis(axis)]
+
+
+@dataclass(frozen=True)
+class SliceGrid:
+    """Maps a slice with non-square pixels to a square-pixel image for the encoder, and prompts with it.
+
+    The square image covers exactly the same field of view as the slice, so a model output cropped to the
+    image and resized to ``shape_hw`` lands on the original pixels (no shift, no flip).
+    """
+
+    shape_hw: tuple[int, int]
+    spacing_rc: tuple[float, float] = (1.0, 1.0)
+    tolerance: float = 0.05
+
+    @property
+    def model_shape_hw(self) -> tuple[int, int]:
+        h, w = self.shape_hw
+        sr, sc = self.spacing_rc
+        ratio = sr / sc
+        if abs(ratio - 1.0) <= self.tolerance:
+            return h, w
+        if ratio > 1.0:  # thick rows: add rows
+            return max(1, int(round(h * ratio))), w
+        return h, max(1, int(round(w / ratio)))
+
+    @property
+    def is_identity(self) -> bool:
+        return self.model_shape_hw == tuple(self.shape_hw)
+
+    @property
+    def scale_xy(self) -> tuple[float, float]:
+        mh, mw = self.model_shape_hw
+        return mw / self.shape_hw[1], mh / self.shape_hw[0]
+
+    def to_model_image(self, slice_hw: np.ndarray) -> np.ndarray:
+        """Resample an HxW (or HxWxC) image to ``model_shape_hw`` with linear interpolation."""
+        if self.is_identity:
+            return slice_hw
+        from scipy import ndimage
+
+        mh, mw = self.model_shape_hw
+        zoom = (mh / slice_hw.shape[0], mw / slice_hw.shape[1]) + (1,) * (slice_hw.ndim - 2)
+        out = ndimage.zoom(slice_hw.astype(np.float32), zoom, order=1, mode="nearest", grid_mode=True)
+        return out.astype(slice_hw.dtype) if slice_hw.dtype == np.uint8 else out
+
+    def points_to_model(self, points_xy: np.ndarray) -> np.ndarray:
+        sx, sy = self.scale_xy
+        return np.asarray(points_xy, dtype=np.float64) * np.array([sx, sy])
+
+    def box_to_model(self, box_xyxy: np.ndarray) -> np.ndarray:
+        sx, sy = self.scale_xy
+        return np.asarray(box_xyxy, dtype=np.float64) * np.array([sx, sy, sx, sy])
+
+
+def check_box(box_xyxy, shape_hw: tuple[int, int]) -> np.ndarray:
+    """Validate a box in slice pixels; returns it as float64 (4,).
+
+    Raises:
+        ValueError: wrong length, zero area or reversed, or entirely outside the slice.
+    """
+    box = np.asarray(box_xyxy, dtype=np.float64).reshape(-1)
+    if box.size != 4 or not np.all(np.isfinite(box)):
+        raise ValueError(f"A box needs 4 numbers x_min,y_min,x_max,y_max; got {list(np.ravel(box_xyxy))}.")
+    h, w = shape_hw
+    x0, y0, x1, y1 = box
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"Box {box.tolist()} has zero area or reversed corners; give x_min < x_max and y_min < y_max.")
+    if x1 < 0 or y1 < 0 or x0 > w - 1 or y0 > h - 1:
+        raise ValueError(f"Box {box.tolist()} lies outside the slice (width {w}, height {h}).")
+    return np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1])
+
+
+def check_points(points_xy, labels, shape_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Validate Nx2 points (x, y) and N labels (1 positive, 0 negative).
+
+    Raises:
+        ValueError: shape mismatch, a label other than 0/1, or a point outside the slice.
+    """
+    pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    lab = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if len(pts) != len(lab):
+        raise ValueError(f"{len(pts)} points but {len(lab)} labels; give one label (1 or 0) per point.")
+    if not np.isin(lab, (0, 1)).all():
+        raise ValueError(f"Point labels must be 1 (positive) or 0 (negative); got {sorted(set(lab.tolist()))}.")
+    h, w = shape_hw
+    bad = (pts[:, 0] < -0.5) | (pts[:, 0] > w - 0.5) | (pts[:, 1] < -0.5) | (pts[:, 1] > h - 0.5)
+    if bad.any():
+        raise ValueError(f"Point {pts[bad][0].tolist()} lies outside the slice (width {w}, height {h}).")
+    return pts, lab
+
+
+def box_from_mask(mask_hw: np.ndarray, margin: float = 0.0) -> np.ndarray | None:
+    """Tight XYXY box of a binary mask (inclusive pixel indices), grown by ``margin`` pixels; None if empty."""
+    rows = np.flatnonzero(mask_hw.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask_hw.any(axis=0))
+    h, w = mask_hw.shape
+    box = np.array([cols[0] - margin, rows[0] - margin, cols[-1] + margin, rows[-1] + margin], dtype=np.float64)
+    return np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1])
