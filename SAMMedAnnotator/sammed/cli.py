@@ -106,6 +106,7 @@ def tqdm_progress(desc: str):
 def cmd_segment(args) -> int:
     from .geometry import axis_for_orientation
     from .geometry import insert_slice
+    from .intensity import make_mapping
     from .io import read_volume
     from .io import write_labelmap
 
@@ -125,6 +126,19 @@ def cmd_segment(args) -> int:
         points = np.concatenate(pts)
     if box is None and points is None:
         raise ValueError("Give a prompt: --box x0,y0,x1,y1 and/or --point x,y / --negative x,y.")
+    from .geometry import extract_slice
+    from .segmenter import empty_slice_message
+    from .segmenter import validate_prompts
+
+    validate_prompts(volume, axis, args.slice, box, points, labels)  # before loading any model
+    make_mapping(volume.array_kji, args.preset, args.level, args.width)
+    from .models import get_spec
+
+    if args.checkpoint is None:
+        get_spec(args.model)
+    s = extract_slice(volume.array_kji, axis, args.slice)
+    if s.min() == s.max():
+        raise ValueError(empty_slice_message(axis, args.slice))
     seg = make_segmenter(args, volume)
     result = seg.segment(axis, args.slice, box_xyxy=box, points_xy=points, point_labels=labels)
     labels_kji = np.zeros(volume.shape_kji, dtype=np.uint8)

@@ -157,12 +157,15 @@ class SliceGrid:
         return out.astype(slice_hw.dtype) if slice_hw.dtype == np.uint8 else out
 
     def points_to_model(self, points_xy: np.ndarray) -> np.ndarray:
+        """Nx2 (x, y) slice pixels -> model-image pixels (pixel centres map to the same physical point)."""
         sx, sy = self.scale_xy
-        return np.asarray(points_xy, dtype=np.float64) * np.array([sx, sy])
+        return (np.asarray(points_xy, dtype=np.float64) + 0.5) * np.array([sx, sy]) - 0.5
 
     def box_to_model(self, box_xyxy: np.ndarray) -> np.ndarray:
+        """XYXY box of inclusive slice pixels -> XYXY box of the model-image pixels covering the same area."""
         sx, sy = self.scale_xy
-        return np.asarray(box_xyxy, dtype=np.float64) * np.array([sx, sy, sx, sy])
+        x0, y0, x1, y1 = np.asarray(box_xyxy, dtype=np.float64)
+        return np.array([x0 * sx, y0 * sy, (x1 + 1) * sx - 1, (y1 + 1) * sy - 1])
 
 
 def check_box(box_xyxy, shape_hw: tuple[int, int]) -> np.ndarray:

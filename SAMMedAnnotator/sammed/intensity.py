@@ -47,7 +47,8 @@ class IntensityMapping:
 def window_mapping(level: float, width: float) -> IntensityMapping:
     if width <= 0:
         raise ValueError(f"Window width must be positive; got {width}.")
-    return IntensityMapping(level - width / 2, level + width / 2, f"window:{level:g}:{width:g}", f"L{level:g}/W{width:g}")
+    low, high = level - width / 2, level + width / 2
+    return IntensityMapping(low, high, f"window:{level:g}:{width:g}", f"L{level:g}/W{width:g}")
 
 
 def is_ct_like(volume_kji: np.ndarray) -> bool:

@@ -45,6 +45,33 @@ class SliceResult:
     index: int
 
 
+def empty_slice_message(axis: int, index: int) -> str:
+    return f"Slice {index} on axis {axis} is empty (all voxels have the same value); pick a slice with image content."
+
+
+def validate_prompts(volume: Volume, axis: int, index: int, box_xyxy=None, points_xy=None, point_labels=None):
+    """Check a slice and its prompts before any model work.
+
+    Returns:
+        (axis, index, box or None, points Nx2 or None, labels N or None), validated.
+
+    Raises:
+        ValueError: slice out of range, empty slice, no prompt, box/point outside the slice.
+    """
+    axis = geometry.check_axis(axis)
+    index = geometry.check_index(volume.shape_kji, axis, index)
+    shape = geometry.slice_shape(volume.shape_kji, axis)
+    if box_xyxy is None and (points_xy is None or len(np.atleast_1d(points_xy)) == 0):
+        raise ValueError("Give a box or at least one point to segment.")
+    box = geometry.check_box(box_xyxy, shape) if box_xyxy is not None else None
+    pts, labels = None, None
+    if points_xy is not None and len(np.atleast_1d(points_xy)):
+        if point_labels is None:
+            point_labels = np.ones(len(np.asarray(points_xy).reshape(-1, 2)), dtype=int)
+        pts, labels = geometry.check_points(points_xy, point_labels, shape)
+    return axis, index, box, pts, labels
+
+
 class Segmenter:
     """Segment slices of one volume with one backend.
 
@@ -113,7 +140,8 @@ class Segmenter:
         """The slice's embedding (float16), encoded now only if not cached."""
         axis = geometry.check_axis(axis)
         index = geometry.check_index(self.volume.shape_kji, axis, index)
-        return self.cache.get_or_compute(self.key(axis, index), lambda: self.backend.encode(self.model_image(axis, index)))
+        key = self.key(axis, index)
+        return self.cache.get_or_compute(key, lambda: self.backend.encode(self.model_image(axis, index)))
 
     def precompute(self, axis: int, center: int, indices=None, progress: ProgressFn | None = None,
                    should_stop: StopFn | None = None) -> int:
@@ -163,21 +191,10 @@ class Segmenter:
         Raises:
             ValueError: slice out of range, empty slice, no prompt, box/point outside the slice.
         """
-        axis = geometry.check_axis(axis)
-        index = geometry.check_index(self.volume.shape_kji, axis, index)
+        axis, index, box, pts, labels = validate_prompts(self.volume, axis, index, box_xyxy, points_xy, point_labels)
         shape = geometry.slice_shape(self.volume.shape_kji, axis)
-        if box_xyxy is None and (points_xy is None or len(np.atleast_1d(points_xy)) == 0):
-            raise ValueError("Give a box or at least one point to segment.")
-        box = geometry.check_box(box_xyxy, shape) if box_xyxy is not None else None
-        pts, labels = (None, None)
-        if points_xy is not None and len(np.atleast_1d(points_xy)):
-            if point_labels is None:
-                point_labels = np.ones(len(np.asarray(points_xy).reshape(-1, 2)), dtype=int)
-            pts, labels = geometry.check_points(points_xy, point_labels, shape)
         if self.slice_is_empty(axis, index):
-            raise ValueError(
-                f"Slice {index} on axis {axis} is empty (all voxels have the same value); pick a slice with image content."
-            )
+            raise ValueError(empty_slice_message(axis, index))
         grid = self.grid(axis)
         prompts = Prompts(
             points_xy=grid.points_to_model(pts) if pts is not None else None,

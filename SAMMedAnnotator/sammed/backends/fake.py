@@ -1,7 +1,8 @@
 """An analytic backend for tests (numpy only): exact, fast and predictable.
 
 The "embedding" is the grey image itself (1xHxW float32). Decoding:
-- with a box: pixels inside the box whose grey value is within ``tolerance`` of the median inside the box;
+- with a box: pixels inside the box brighter than the middle of the grey range inside it (the whole box when the
+  range is under ``tolerance``);
 - with points only: pixels within ``radius`` model pixels of a positive point and not nearer a negative point;
 - ``iou`` is 1.0 for a non-empty mask, 0.0 for an empty one.
 Counts ``encode_calls`` so tests can prove a slice is never encoded twice.
@@ -16,7 +17,6 @@ import numpy as np
 
 from .base import DecodeResult
 from .base import Prompts
-
 
 
 class FakeBackend:
@@ -52,8 +52,8 @@ class FakeBackend:
             x0, y0, x1, y1 = np.asarray(prompts.box_xyxy, dtype=float)
             inside = (xx >= np.floor(x0)) & (xx <= np.ceil(x1)) & (yy >= np.floor(y0)) & (yy <= np.ceil(y1))
             if inside.any():
-                med = np.median(img[inside])
-                mask = inside & (np.abs(img - med) <= self.tolerance)
+                lo, hi = img[inside].min(), img[inside].max()
+                mask = inside & (img > (lo + hi) / 2) if hi - lo > self.tolerance else inside
         if prompts.points_xy is not None and len(prompts.points_xy):
             pts = np.asarray(prompts.points_xy, dtype=float)
             labels = np.asarray(prompts.point_labels)

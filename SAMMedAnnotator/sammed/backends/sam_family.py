@@ -84,17 +84,17 @@ class SamFamilyBackend:
         model = build_model(arch)
         if path is not None:
             state = load_state_dict_file(path)
-            result = model.load_state_dict(state, strict=False)
-            missing = [k for k in result.missing_keys if not k.startswith(("pixel_mean", "pixel_std"))]
-            if missing or result.unexpected_keys:
+            own = model.state_dict()
+            missing = [k for k in own if k not in state and not k.startswith(("pixel_mean", "pixel_std"))]
+            unexpected = [k for k in state if k not in own]
+            wrong_shape = [k for k in state if k in own and tuple(own[k].shape) != tuple(state[k].shape)]
+            if missing or unexpected or wrong_shape:
                 raise ValueError(
-                    f"Weights '{Path(path).name}' do not fit architecture '{arch}': "
-                    f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(result.unexpected_keys)} unexpected "
-                    f"(e.g. {result.unexpected_keys[:2]}). Choose the matching --arch or model."
+                    f"Weights '{Path(path).name}' do not fit architecture '{arch}': {len(missing)} missing keys, "
+                    f"{len(unexpected)} unexpected, {len(wrong_shape)} of another shape "
+                    f"(e.g. {(missing + unexpected + wrong_shape)[:2]}). Choose the matching --arch or model."
                 )
-            shape_errors = [k for k, v in state.items() if k in model.state_dict() and model.state_dict()[k].shape != v.shape]
-            if shape_errors:
-                raise ValueError(f"Weights '{Path(path).name}' do not fit architecture '{arch}' ({shape_errors[0]}).")
+            model.load_state_dict(state, strict=False)
         return cls(model_id, family, arch, model, sha256, device)
 
     # ------------------------------------------------------------------ geometry
