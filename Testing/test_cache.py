@@ -147,3 +147,21 @@ def test_release_drops_one_volume():
     cache.put(key(digest="b"), np.zeros((1, 2, 2)))
     assert cache.release("a") == 1
     assert cache.get(key(digest="a")) is None and cache.get(key(digest="b")) is not None
+
+
+def test_background_precompute_reports_progress_and_cancels_within_one_slice():
+    from sammed.jobs import BackgroundJob
+
+    fake = FakeBackend(encode_delay=0.05)
+    seg = Segmenter(box_volume(), fake, preset="ct_abdomen")
+    seen = []
+    job = BackgroundJob(seg.precompute, 0, 5, progress=lambda f, m: seen.append(f))
+    while fake.encode_calls < 2:
+        threading.Event().wait(0.01)
+    job.cancel()
+    assert job.wait(5.0)
+    assert job.cancelled
+    assert fake.encode_calls <= 3  # the slice being encoded when cancel came may finish, no more
+    assert seen and seen == sorted(seen)
+    done = BackgroundJob(seg.precompute, 0, 5)
+    assert done.wait(5.0) and done.error is None and fake.encode_calls == 10

@@ -90,3 +90,40 @@ def parse_json_line(line: str) -> dict:
     except json.JSONDecodeError:
         return {"log": line}
     return obj if isinstance(obj, dict) else {"log": line}
+
+
+class BackgroundJob:
+    """Run ``fn(*args, should_stop=token, **kwargs)`` on a daemon thread.
+
+    ``cancel()`` sets the token (the job stops at its next check, e.g. within one slice for ``precompute``);
+    ``wait()`` joins; afterwards ``result``, ``error`` (the exception, ``Cancelled`` included) and ``cancelled``
+    tell how it ended. Only plain values and numpy arrays should cross the thread boundary.
+    """
+
+    def __init__(self, fn, *args, **kwargs) -> None:
+        self.token = CancelToken()
+        self.result = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args, kwargs), daemon=True, name="sammed-job")
+        self._thread.start()
+
+    def _run(self, fn, args, kwargs) -> None:
+        try:
+            self.result = fn(*args, should_stop=self.token, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller through .error
+            self.error = exc
+
+    def cancel(self) -> None:
+        self.token.cancel()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    @property
+    def cancelled(self) -> bool:
+        return isinstance(self.error, Cancelled)

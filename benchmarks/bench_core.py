@@ -1,0 +1,119 @@
+"""Core speed benchmark (not a test): encoder time, cached click-to-mask latency vs the bare decoder, cache bytes.
+
+Measured in one run on the shared CT with the real LiteMedSAM:
+- encoder seconds per slice (median over N distinct slices);
+- click-to-mask through ``Segmenter.segment`` on a cached slice (p50/p95) and the bare ``backend.decode`` with the
+  same prompt on the same embedding (p50/p95), and their ratio (goal <= 1.5x);
+- bytes per cached slice (goal <= 2.1 MB for LiteMedSAM);
+- re-encodes when one slice is prompted 20 times (must be 0).
+
+Usage: python benchmarks/bench_core.py [--device cpu] [--slices 5] [--repeats 50] [--out benchmarks/results/core.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "Testing"))
+
+from conftest import CT_IMAGE  # noqa: E402
+from conftest import CT_LABELS  # noqa: E402
+
+from sammed import geometry  # noqa: E402
+from sammed.backends.base import Prompts  # noqa: E402
+from sammed.io import read_volume  # noqa: E402
+from sammed.models import load_backend  # noqa: E402
+from sammed.segmenter import Segmenter  # noqa: E402
+
+
+def pct(values, q):
+    return float(np.percentile(values, q))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--slices", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "core.json"))
+    args = ap.parse_args()
+
+    import torch
+
+    volume, labels = read_volume(CT_IMAGE), read_volume(CT_LABELS)
+    backend = load_backend("litemedsam", device=args.device)
+    seg = Segmenter(volume, backend)
+    liver = labels.array_kji == 5
+    idx = int(liver.sum(axis=(1, 2)).argmax())
+    ref = liver[idx]
+    box = geometry.box_from_mask(ref)
+
+    # encoder: distinct slices, first one also warms up
+    seg.embedding(0, idx)
+    enc = []
+    for i in range(args.slices):
+        t = time.perf_counter()
+        seg.embedding(0, idx - 1 - i)
+        enc.append(time.perf_counter() - t)
+
+    # cached click-to-mask vs bare decoder call (same prompt, same embedding)
+    rng = np.random.default_rng(0)
+    rows, cols = np.nonzero(ref)
+    encodes_before = seg.cache.stats.encodes
+    emb32 = np.array(seg.embedding(0, idx), dtype=np.float32)
+    grid = seg.grid(0)
+    full, bare = [], []
+    for r in range(args.repeats + 5):
+        k = rng.integers(len(rows))
+        pts = np.array([[cols[k], rows[k]]], dtype=float)
+        t = time.perf_counter()
+        seg.segment(0, idx, box_xyxy=box, points_xy=pts, point_labels=[1])
+        t_full = time.perf_counter() - t
+        prompts = Prompts(points_xy=grid.points_to_model(pts), point_labels=np.array([1]),
+                          box_xyxy=grid.box_to_model(box))
+        t = time.perf_counter()
+        backend.decode(emb32, prompts, grid.model_shape_hw, ref.shape)
+        t_bare = time.perf_counter() - t
+        if r >= 5:  # warm-up
+            full.append(t_full)
+            bare.append(t_bare)
+    for _ in range(20):
+        seg.segment(0, idx, box_xyxy=box)
+    re_encodes = seg.cache.stats.encodes - encodes_before
+    key = seg.key(0, idx)
+    bytes_per_slice = int(seg.cache.get(key).nbytes)
+
+    result = {
+        "benchmark": "core",
+        "model": backend.model_id,
+        "device": str(backend.device),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "encoder_seconds_per_slice_median": round(float(np.median(enc)), 4),
+        "encoder_seconds_per_slice": [round(v, 4) for v in enc],
+        "click_to_mask_p50_s": round(pct(full, 50), 4),
+        "click_to_mask_p95_s": round(pct(full, 95), 4),
+        "bare_decoder_p50_s": round(pct(bare, 50), 4),
+        "bare_decoder_p95_s": round(pct(bare, 95), 4),
+        "ratio_p50_cached_vs_bare": round(pct(full, 50) / pct(bare, 50), 3),
+        "bytes_per_cached_slice": bytes_per_slice,
+        "megabytes_per_cached_slice": round(bytes_per_slice / 1e6, 3),
+        "re_encodes_after_20_prompts_on_one_slice": int(re_encodes),
+        "repeats": args.repeats,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
