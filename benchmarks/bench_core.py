@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT / "Testing"))
 
 from conftest import CT_IMAGE  # noqa: E402
 from conftest import CT_LABELS  # noqa: E402
-
 from sammed import geometry  # noqa: E402
 from sammed.backends.base import Prompts  # noqa: E402
 from sammed.io import read_volume  # noqa: E402

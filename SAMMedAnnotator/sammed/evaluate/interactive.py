@@ -176,7 +176,8 @@ def add_eval_args(p) -> None:
     p.add_argument("--labels", dest="label_spec", help="comma-separated names or values (default: 8 largest)")
     p.add_argument("--label-names", help="JSON file of label names (default: labels.json beside the label map)")
     p.add_argument("--axis", default="axial")
-    p.add_argument("--slices-per-label", type=int, default=5, help="interactive protocol: slices per label (0 = all)")
+    p.add_argument("--slices-per-label", type=int, default=5,
+                   help="slices evaluated per label (interactive; assist: held-out slices), 0 = all")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/eval", help="output folder for eval.json and eval.md")
 
@@ -209,13 +210,15 @@ def run_eval_cli(args) -> int:
             from .assist import assist_markdown
             from .assist import run_assist_protocol
 
-            result = run_assist_protocol(segmenter, labels.array_kji, label_ids, seed=args.seed, progress=progress)
+            result = run_assist_protocol(segmenter, labels.array_kji, label_ids, seed=args.seed, axis=axis,
+                                         max_eval_slices=args.slices_per_label or None, progress=progress)
             table = assist_markdown(result)
         else:
             from .propagation import propagation_markdown
             from .propagation import run_propagation_protocol
 
-            result = run_propagation_protocol(segmenter, labels.array_kji, label_ids, seed=args.seed, progress=progress)
+            result = run_propagation_protocol(segmenter, labels.array_kji, label_ids, seed=args.seed, axis=axis,
+                                              progress=progress)
             table = propagation_markdown(result)
     finally:
         progress.close()
