@@ -1,0 +1,581 @@
+"""SAMMedAuto: fill a segment through the volume from a few annotated slices, review it, accept it with undo.
+
+The module is thin: MRML work lives in ``SAMMedAutoLib`` (tested outside the app with ``slicer-core``), the
+propagation in ``sammed.propagate``. The propagation runs on one worker thread; a QTimer on the main thread polls
+it and updates the preview segment, the progress bar and the review table.
+"""
+
+import importlib
+import logging
+import math
+import sys
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLMarkupsROINode
+from slicer import vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice
+from slicer.parameterNodeWrapper import WithinRange
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
+from slicer.util import VTKObservationMixin
+
+POLL_INTERVAL_MS = 100
+GENERATORS = ["sliding", "sapnet", "threshold"]
+ORIENTATIONS = ["axial", "coronal", "sagittal"]
+FLAG_COLOR = (255, 190, 120)
+
+
+#
+# SAMMedAuto
+#
+
+
+class SAMMedAuto(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("SAMMed Auto")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["SAMMedAnnotator"]
+        self.parent.contributors = ["SAMMed developers"]
+        self.parent.helpText = _(
+            "Fill a segment through the volume from the slices you drew or prompted (sliding window, SAP-Net or "
+            "threshold propagation), in the background. Generated slices appear in a preview segment; review them "
+            "in the table (low-confidence slices are flagged), correct them with SAMMed Annotator and run again, "
+            "then accept: only slices without your annotation are written, as one undo step."
+        )
+        self.parent.helpText += self.getDefaultModuleDocumentationLink()
+        self.parent.acknowledgementText = _(
+            "Methods: SAMMed (SAMassist, SAMauto) and Slide-SAM. Default model: LiteMedSAM (Apache-2.0)."
+        )
+
+
+#
+# SAMMedAutoParameterNode
+#
+
+
+@parameterNodeWrapper
+class SAMMedAutoParameterNode:
+    """Every persisted choice of the module (bound to the .ui through SlicerParameterName).
+
+    sourceVolume: the image. segmentation, segmentID: the segment to fill (its non-empty slices are the seeds).
+    generator: sliding (Slide-SAM), sapnet (SAP-Net) or threshold (SAMMed Algorithm 1).
+    orientation: the slice orientation to propagate along. rangeROI: limits the slices (whole axis if None).
+    minIoU, minOverlap, maxGrowth: stop rules. lowConfidence: generated slices below this predicted IoU are flagged.
+    useLearnedPromptEncoder: use the SAMassist prompt encoder learned in SAMMed Annotator when there is one.
+    """
+
+    sourceVolume: vtkMRMLScalarVolumeNode | None
+    segmentation: vtkMRMLSegmentationNode | None
+    segmentID: str = ""
+    generator: Annotated[str, Choice(GENERATORS)] = "sliding"
+    orientation: Annotated[str, Choice(ORIENTATIONS)] = "axial"
+    rangeROI: vtkMRMLMarkupsROINode | None
+    minIoU: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    minOverlap: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    maxGrowth: Annotated[float, WithinRange(1.0, 10.0)] = 1.6
+    lowConfidence: Annotated[float, WithinRange(0.0, 1.0)] = 0.8
+    useLearnedPromptEncoder: bool = True
+
+
+#
+# SAMMedAutoWidget
+#
+
+
+class SAMMedAutoWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self.timer = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/SAMMedAuto.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = SAMMedAutoLogic()
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_INTERVAL_MS)
+        self.timer.connect("timeout()", self.onPoll)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.segmentSelector.connect("currentSegmentChanged(QString)", self.onSegmentChanged)
+        self.ui.runButton.connect("clicked(bool)", self.onRun)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.acceptButton.connect("clicked(bool)", self.onAccept)
+        self.ui.rejectButton.connect("clicked(bool)", self.onReject)
+        self.ui.undoButton.connect("clicked(bool)", self.onUndo)
+        self.ui.nextFlaggedButton.connect("clicked(bool)", self.onNextFlagged)
+        self.ui.reviewTable.connect("cellClicked(int,int)", self.onRowClicked)
+        self.ui.reviewTable.setHorizontalHeaderLabels([_("Slice"), _("Status"), _("Predicted IoU")])
+        self.initializeParameterNode()
+        self.updateButtons()
+
+    def cleanup(self) -> None:
+        if self.timer is not None:
+            self.timer.stop()
+        if self.logic is not None:
+            self.logic.cancel()
+        self.removeObservers()
+        if self._parameterNode and self._parameterNodeGuiTag:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.timer.stop()
+        self.logic.discard()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+        self.updateReview()
+
+    def initializeParameterNode(self) -> None:
+        parameterNode = self.logic.getParameterNode()
+        if not parameterNode.sourceVolume:
+            parameterNode.sourceVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        if not parameterNode.segmentation:
+            parameterNode.segmentation = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+        self.setParameterNode(parameterNode)
+
+    def setParameterNode(self, parameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self.onParameterNodeModified()
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        node = self._parameterNode
+        if node is None:
+            return
+        wasBlocked = self.ui.segmentSelector.blockSignals(True)
+        self.ui.segmentSelector.setCurrentNode(node.segmentation)
+        if node.segmentID:
+            self.ui.segmentSelector.setCurrentSegmentID(node.segmentID)
+        self.ui.segmentSelector.blockSignals(wasBlocked)
+        segmentation = node.segmentation.GetSegmentation() if node.segmentation else None
+        if segmentation is not None and segmentation.GetSegment(node.segmentID or "") is None:
+            current = self.ui.segmentSelector.currentSegmentID() or ""
+            if current != node.segmentID:
+                node.segmentID = current  # the segment of another segmentation, or a removed one
+        self.ui.learnedLabel.text = self.logic.learnedEncoderText()
+        self.updateButtons()
+
+    def onSegmentChanged(self, segmentID) -> None:
+        if self._parameterNode is not None:
+            self._parameterNode.segmentID = segmentID or ""
+
+    # ------------------------------------------------------------------ actions
+    def onRun(self) -> None:
+        if self.logic.segmenterFactory is None and not self._annotatorModelReady():
+            return
+        with slicer.util.tryWithErrorDisplay(_("Propagation could not start."), waitCursor=True):
+            self.logic.start()
+            self.timer.start()
+        self.updateReview()
+
+    @staticmethod
+    def _annotatorModelReady() -> bool:
+        """The model comes from SAMMed Annotator: let its widget install/confirm/download what is missing."""
+        module = getattr(slicer.modules, "sammedannotator", None)
+        if module is None:
+            slicer.util.errorDisplay(_("SAMMed Annotator is not loaded; SAMMed Auto needs it for the model."))
+            return False
+        return bool(module.widgetRepresentation().self().ensureModelReady())
+
+    def onCancel(self) -> None:
+        self.logic.cancel()
+        self.ui.statusLabel.text = _("Cancelling...")
+
+    def onPoll(self) -> None:
+        state = self.logic.poll()
+        if state != "running":
+            self.timer.stop()
+            if state == "failed":
+                slicer.util.errorDisplay(_("Propagation failed: {error}").format(error=self.logic.review.error))
+        self.updateReview()
+
+    def onAccept(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not accept the propagation."), waitCursor=True):
+            written = self.logic.accept()
+            self.ui.statusLabel.text = _("Accepted: {voxels} voxels written on generated slices.").format(
+                voxels=written)
+        self.updateButtons()
+
+    def onReject(self) -> None:
+        self.timer.stop()
+        self.logic.reject()
+        self.updateReview()
+
+    def onUndo(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Undo failed."), waitCursor=True):
+            if self.logic.undo():
+                self.ui.statusLabel.text = _("The accepted slices were removed (undo).")
+        self.updateButtons()
+
+    def onRowClicked(self, row, column) -> None:
+        item = self.ui.reviewTable.item(row, 0)
+        if item is not None:
+            self.logic.jumpToSlice(int(item.text()))
+
+    def onNextFlagged(self) -> None:
+        rows = self.logic.rows()
+        flagged = [r.index for r in rows if r.flagged]
+        if not flagged:
+            return
+        current = self.ui.reviewTable.currentRow()
+        currentIndex = rows[current].index if 0 <= current < len(rows) else -1
+        index = next((i for i in flagged if i > currentIndex), flagged[0])
+        self.ui.reviewTable.setCurrentCell([r.index for r in rows].index(index), 0)
+        self.logic.jumpToSlice(index)
+
+    # ------------------------------------------------------------------ display
+    def updateReview(self) -> None:
+        review = self.logic.review
+        self.ui.progressBar.value = int(round(100 * (review.fraction if review else 0.0)))
+        self.ui.statusLabel.text = self.logic.statusText()
+        rows = self.logic.rows()
+        table = self.ui.reviewTable
+        table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            iouText = "" if math.isnan(row.iou) else f"{row.iou:.3f}"
+            values = (str(row.index), row.status + (" " + _("(check)") if row.flagged else ""), iouText)
+            for c, text in enumerate(values):
+                item = qt.QTableWidgetItem(text)
+                item.setFlags(qt.Qt.ItemIsSelectable | qt.Qt.ItemIsEnabled)
+                if row.flagged:
+                    item.setBackground(qt.QBrush(qt.QColor(*FLAG_COLOR)))
+                table.setItem(r, c, item)
+        self.updateButtons()
+
+    def updateButtons(self) -> None:
+        state = self.logic.state() if self.logic else "idle"
+        node = self._parameterNode
+        ready = bool(node and node.sourceVolume and node.segmentation and node.segmentID)
+        running = state == "running"
+        self.ui.runButton.visible = not running
+        self.ui.cancelButton.visible = running
+        self.ui.runButton.enabled = ready
+        self.ui.runButton.toolTip = _("Fill the segment from its annotated slices") if ready else _(
+            "Select a source volume, a segmentation and a segment with at least one annotated slice")
+        self.ui.acceptButton.enabled = state == "done"
+        self.ui.rejectButton.enabled = state in ("running", "done", "cancelled", "failed")
+        self.ui.undoButton.enabled = self.logic.canUndo() if self.logic else False
+        self.ui.nextFlaggedButton.enabled = any(r.flagged for r in self.logic.rows()) if self.logic else False
+
+    def onReload(self) -> None:
+        """Reload SAMMedAutoLib (and the sammed propagation modules) before the module itself."""
+        for name in sorted(n for n in sys.modules if n.startswith("sammed.propagate")):
+            importlib.reload(sys.modules[name])
+        for name in sorted(n for n in sys.modules if n.startswith("SAMMedAutoLib.")):
+            importlib.reload(sys.modules[name])
+        ScriptedLoadableModuleWidget.onReload(self)
+
+
+#
+# SAMMedAutoLogic
+#
+
+
+class SAMMedAutoLogic(ScriptedLoadableModuleLogic):
+    """Working state of SAMMedAuto: the segmenter (reused across runs) and the current propagate/review cycle.
+
+    Args:
+        propagateFn: the propagation function (default ``sammed.propagate.propagate``).
+        segmenterFactory: ``factory(volume) -> Segmenter`` (tests); default: SAMMed Annotator's segmenter of the
+            volume (shared model, embeddings and learned prompt encoder).
+        editorLogic: ``vtkSlicerSegmentEditorLogic`` used by Accept (default: one on the Segment Editor's node).
+    """
+
+    def __init__(self, propagateFn=None, segmenterFactory=None, editorLogic=None) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.propagateFn = propagateFn
+        self.segmenterFactory = segmenterFactory
+        self._editorLogic = editorLogic
+        self._segmenter = None
+        self._segmenterKey = None
+        self.review = None
+
+    def getParameterNode(self):
+        return SAMMedAutoParameterNode(super().getParameterNode())
+
+    # ------------------------------------------------------------------ collaborators
+    def editorLogic(self):
+        if self._editorLogic is None:
+            from SAMMedAnnotatorLib import SegmentWrite
+
+            self._editorLogic = SegmentWrite.makeEditorLogic(slicer.mrmlScene, appLogic=slicer.app.applicationLogic())
+        return self._editorLogic
+
+    def segmenter(self, volumeNode):
+        """The segmenter of ``volumeNode``, reused across runs so embeddings are encoded once.
+
+        Default: SAMMed Annotator's segmenter for this volume (same model, intensity preset, embedding cache and
+        learned prompt encoder), so slices encoded while annotating are not encoded again. With a
+        ``segmenterFactory`` (tests), one segmenter per volume node and voxel content.
+        """
+        if self.segmenterFactory is None:
+            annotatorLogic = slicer.util.getModuleLogic("SAMMedAnnotator")
+            if annotatorLogic is None:
+                raise RuntimeError(_("SAMMed Annotator is not loaded; SAMMed Auto needs it for the model."))
+            preset = annotatorLogic.getParameterNode().intensityPreset
+            self._segmenter = annotatorLogic.annotator.setVolume(volumeNode, None if preset == "auto" else preset)
+            return self._segmenter
+        from SAMMedAnnotatorLib import VolumeAccess
+
+        volume = VolumeAccess.volumeFromNode(volumeNode)
+        key = (volumeNode.GetID(), volume.digest)
+        if self._segmenter is None or self._segmenterKey != key:
+            self._segmenter = self.segmenterFactory(volume)
+            self._segmenterKey = key
+        return self._segmenter
+
+    def learnedEncoderText(self) -> str:
+        segmenter = self._segmenter
+        if segmenter is not None and getattr(segmenter, "prompt_encoder", None) is not None:
+            return _("A learned (SAMassist) prompt encoder is available for this case.")
+        return _("No learned prompt encoder yet (fit one in SAMMed Annotator with 'Learn this case').")
+
+    @staticmethod
+    def makeConfig(parameterNode):
+        """``PropagationConfig`` with the stop rules of the parameter node."""
+        from sammed.propagate.stop import StopRules
+        from SAMMedAutoLib.PropagationWorker import propagationModule
+
+        rules = StopRules(min_iou=parameterNode.minIoU, min_overlap=parameterNode.minOverlap,
+                          max_growth=parameterNode.maxGrowth)
+        return propagationModule().PropagationConfig(rules=rules)
+
+    # ------------------------------------------------------------------ run
+    def state(self) -> str:
+        return self.review.state if self.review is not None else "idle"
+
+    def start(self) -> None:
+        """Start a propagation with the parameter node's settings (drops an earlier preview first).
+
+        Raises:
+            ValueError: missing inputs, no annotated slice, ROI outside the volume.
+            RuntimeError: one is already running.
+        """
+        from sammed import geometry
+        from SAMMedAutoLib import SegmentArrays
+        from SAMMedAutoLib.AutoReview import AutoReview
+
+        p = self.getParameterNode()
+        if self.state() == "running":
+            raise RuntimeError(_("A propagation is already running; cancel it first."))
+        if self.review is not None and self.review.state in ("done", "cancelled", "failed"):
+            self.review.reject()
+        review = AutoReview(p.segmentation, p.segmentID, p.sourceVolume, propagateFn=self.propagateFn)
+        segmenter = self.segmenter(p.sourceVolume)
+        axis = geometry.axis_for_orientation(segmenter.volume.direction_lps, p.orientation)
+        sliceRange = SegmentArrays.sliceRangeFromROI(p.rangeROI, p.sourceVolume, axis) if p.rangeROI else None
+        review.start(segmenter, axis=axis, generator=p.generator, config=self.makeConfig(p), sliceRange=sliceRange,
+                     useLearned=bool(p.useLearnedPromptEncoder))
+        self.review = review
+
+    def poll(self) -> str:
+        return self.review.poll() if self.review is not None else "idle"
+
+    def cancel(self) -> None:
+        if self.review is not None:
+            self.review.cancel()
+
+    def accept(self) -> int:
+        if self.review is None:
+            raise RuntimeError(_("Run a propagation first."))
+        return self.review.accept(self.editorLogic())
+
+    def reject(self) -> None:
+        if self.review is not None:
+            self.review.reject()
+
+    def discard(self) -> None:
+        """Stop work and forget the review (scene close): nothing is written."""
+        if self.review is not None:
+            self.review.cancel()
+            self.review.worker.join(5.0)
+        self.review = None
+        self._segmenter = None
+        self._segmenterKey = None
+        self._editorLogic = None
+
+    def canUndo(self) -> bool:
+        return self._editorLogic is not None and bool(self._editorLogic.CanUndo())
+
+    def undo(self) -> bool:
+        from SAMMedAnnotatorLib import SegmentWrite
+
+        return self._editorLogic is not None and SegmentWrite.undo(self._editorLogic)
+
+    # ------------------------------------------------------------------ review
+    def rows(self):
+        if self.review is None:
+            return []
+        return self.review.rows(lowConfidence=self.getParameterNode().lowConfidence)
+
+    def statusText(self) -> str:
+        review = self.review
+        if review is None:
+            return _("Draw or prompt a few slices of the segment, then Run.")
+        if review.state == "running":
+            return review.message or _("Running...")
+        if review.state == "failed":
+            return _("Failed: {error}").format(error=review.error)
+        if review.result is None:
+            return review.state
+        counts = {}
+        for row in review.rows():
+            counts[row.status] = counts.get(row.status, 0) + 1
+        flagged = sum(r.flagged for r in self.rows())
+        summary = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+        return _("{state}: {summary}; {flagged} to check; {encoded} slices encoded.").format(
+            state=review.state, summary=summary, flagged=flagged, encoded=review.result.encoded)
+
+    def jumpToSlice(self, index: int) -> None:
+        """Centre all slice views on slice ``index`` of the propagation axis."""
+        from SAMMedAutoLib import SegmentArrays
+
+        if self.review is None:
+            return
+        r, a, s = SegmentArrays.sliceCenterRAS(self.review.volumeNode, self.review.axis, index)
+        slicer.vtkMRMLSliceNode.JumpAllSlices(slicer.mrmlScene, r, a, s, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+
+
+#
+# SAMMedAutoTest
+#
+
+
+class SAMMedAutoTest(ScriptedLoadableModuleTest):
+    """Drives the widget on a synthetic bright box with the analytic FakeBackend and the real sliding generator."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_RunReviewAcceptUndo()
+        self.setUp()
+        self.test_CancelLeavesSegmentUntouched()
+
+    def _scene(self, encodeDelay=0.0):
+        import numpy as np
+        from sammed.backends.fake import FakeBackend
+        from sammed.segmenter import Segmenter
+        from SAMMedAutoLib import SegmentArrays
+
+        array = np.zeros((20, 32, 40), dtype=np.int16)
+        array[4:16, 8:24, 10:30] = 300
+        volumeNode = slicer.util.addVolumeFromArray(array, name="SAMMedAutoTestBox")
+        volumeNode.SetSpacing(2.0, 2.0, 3.0)
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "SAMMedAutoTestSeg")
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        segmentID = segmentationNode.GetSegmentation().AddEmptySegment("box", "box")
+        user = np.zeros(array.shape, dtype=bool)
+        user[10] = array[10] > 0
+        SegmentArrays.setSegmentMask(segmentationNode, segmentID, user, volumeNode)
+        widget = slicer.modules.sammedauto.widgetRepresentation().self()
+        backend = FakeBackend(encode_delay=encodeDelay)
+        widget.logic.discard()
+        widget.logic.segmenterFactory = lambda volume: Segmenter(volume, backend)
+        node = widget.logic.getParameterNode()
+        node.sourceVolume = volumeNode
+        node.segmentation = segmentationNode
+        node.segmentID = segmentID
+        node.generator = "sliding"
+        node.orientation = "axial"
+        node.rangeROI = None
+        return widget, volumeNode, segmentationNode, segmentID, array, user, backend
+
+    def _finish(self, widget, timeout=60.0):
+        self.assertTrue(widget.logic.review.worker.join(timeout), "the propagation did not finish")
+        widget.onPoll()
+
+    def test_RunReviewAcceptUndo(self):
+        import numpy as np
+        from SAMMedAutoLib import SegmentArrays
+
+        widget, volumeNode, segmentationNode, segmentID, array, user, backend = self._scene()
+        widget.onRun()
+        self._finish(widget)
+        self.assertEqual(widget.logic.state(), "done")
+        statuses = {r.index: r.status for r in widget.logic.rows()}
+        generated = sorted(i for i, s in statuses.items() if s == "generated")
+        self.assertEqual(generated, [4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15])
+        self.assertEqual(statuses[10], "user")
+        self.assertEqual(widget.ui.reviewTable.rowCount, len(statuses))
+        self.assertEqual(backend.encode_calls, 12)
+        previewID = widget.logic.review.previewSegmentID
+        preview = SegmentArrays.segmentMaskKJI(segmentationNode, previewID, volumeNode)
+        self.assertEqual(int(preview.sum()), int((array > 0).sum() - user.sum()))
+        self.assertTrue(widget.ui.acceptButton.enabled)
+        widget.onRowClicked(0, 0)  # moves the views; must not raise
+
+        widget.onAccept()
+        after = SegmentArrays.segmentMaskKJI(segmentationNode, segmentID, volumeNode)
+        np.testing.assert_array_equal(after, array > 0)
+        np.testing.assert_array_equal(after[10], user[10])
+        self.assertIsNone(segmentationNode.GetSegmentation().GetSegment(previewID))
+        widget.onUndo()
+        np.testing.assert_array_equal(SegmentArrays.segmentMaskKJI(segmentationNode, segmentID, volumeNode), user)
+
+        # a second run reuses every embedding
+        widget.onRun()
+        self._finish(widget)
+        self.assertEqual(widget.logic.review.result.encoded, 0)
+        self.assertEqual(backend.encode_calls, 12)
+        widget.onReject()
+        self.assertEqual(segmentationNode.GetSegmentation().GetNumberOfSegments(), 1)
+
+    def test_CancelLeavesSegmentUntouched(self):
+        import numpy as np
+        from SAMMedAutoLib import SegmentArrays
+
+        widget, volumeNode, segmentationNode, segmentID, array, user, backend = self._scene(encodeDelay=0.2)
+        widget.onRun()
+        self.assertEqual(widget.logic.state(), "running")
+        self.assertTrue(widget.ui.cancelButton.visible)
+        widget.onCancel()
+        self._finish(widget)
+        self.assertEqual(widget.logic.state(), "cancelled")
+        self.assertLess(backend.encode_calls, 12)
+        self.assertFalse(widget.ui.acceptButton.enabled)
+        np.testing.assert_array_equal(SegmentArrays.segmentMaskKJI(segmentationNode, segmentID, volumeNode), user)
+        self.assertEqual(segmentationNode.GetSegmentation().GetNumberOfSegments(), 2)  # segment + preview
+        widget.onReject()
+        self.assertEqual(segmentationNode.GetSegmentation().GetNumberOfSegments(), 1)
+        np.testing.assert_array_equal(SegmentArrays.segmentMaskKJI(segmentationNode, segmentID, volumeNode), user)
+        logging.info("SAMMedAutoTest: cancel left the segment untouched")

@@ -1,0 +1,1 @@
+"""SAMMedAuto helpers: MRML <-> numpy, the background propagation worker, the review/accept cycle (no Qt)."""
