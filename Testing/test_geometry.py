@@ -101,7 +101,7 @@ def test_points_and_boxes_scale_with_the_grid():
     grid = geometry.SliceGrid((10, 20), (3.0, 1.0))
     assert grid.model_shape_hw == (30, 20)
     np.testing.assert_allclose(grid.points_to_model([[4, 2]]), [[4, 7]])  # centre of row 2 = centre of model row 7
-    np.testing.assert_allclose(grid.box_to_model([1, 1, 5, 3]), [1, 3, 5, 11])
+    np.testing.assert_allclose(grid.box_to_model([1, 1, 5, 3]), [0.5, 2.5, 5.5, 11.5])  # outer pixel edges
 
 
 @pytest.mark.parametrize(

@@ -137,7 +137,7 @@ class PropagationConfig:
     context: str | None = None
     fill_only_empty: bool = True
     seed: int = 0
-    margin: float = 3.0
+    margin: float = 2.5  # + the half pixel of the box edge convention (geometry.SliceGrid.box_to_model) = 3 px
     opening: int = 1
     keep_connected: bool = True
     n_points: int = 5
@@ -157,7 +157,7 @@ class PropagationConfig:
     sap_topk: int = 1
     sap_refine: bool = True
     sap_min_area: int = 10
-    sap_margin: float = 2.0
+    sap_margin: float = 1.5  # + the half pixel of the box edge convention = 2 px
 
 
 class Context:
