@@ -67,14 +67,20 @@ def sliceLabelmap(volumeNode, segmentationNode, axis: int, index: int, mask_hw: 
     ijkAxis = 2 - axis
     extent[2 * ijkAxis] = extent[2 * ijkAxis + 1] = index
     block_kji = np.expand_dims((mask > 0).astype(np.uint8), axis=axis)  # 1-thick KJI block
+    return _orientedLabelmap(volumeNode, segmentationNode, block_kji, extent), extent
+
+
+def _orientedLabelmap(volumeNode, segmentationNode, block_kji: np.ndarray, extent) -> slicer.vtkOrientedImageData:
+    """A uint8 ``vtkOrientedImageData`` with ``block_kji`` at IJK ``extent`` of the volume grid, in the
+    segmentation node's frame."""
     labelmap = slicer.vtkOrientedImageData()
     labelmap.SetExtent(extent)
     labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    scalars = numpy_support.numpy_to_vtk(np.ascontiguousarray(block_kji).ravel(), deep=True,
+    scalars = numpy_support.numpy_to_vtk(np.ascontiguousarray(block_kji, dtype=np.uint8).ravel(), deep=True,
                                          array_type=vtk.VTK_UNSIGNED_CHAR)
     labelmap.GetPointData().SetScalars(scalars)
     labelmap.SetImageToWorldMatrix(VolumeAccess.arrayToMatrix(_ijkToSegmentationMatrix(volumeNode, segmentationNode)))
-    return labelmap, extent
+    return labelmap
 
 
 def writeSliceMask(editorLogic, segmentationNode, segmentID: str, volumeNode, axis: int, index: int,
@@ -94,21 +100,23 @@ def writeSliceMask(editorLogic, segmentationNode, segmentID: str, volumeNode, ax
     """
     if segmentationNode is None or not segmentationNode.GetSegmentation().GetSegment(segmentID):
         raise ValueError("Select a segment to write into.")
-    labelmap, _ = sliceLabelmap(volumeNode, segmentationNode, axis, index, mask_hw)
-    wholeSlice, _ = sliceLabelmap(volumeNode, segmentationNode, axis, index, np.ones_like(mask_hw, dtype=bool))
+    sliceLabelmap(volumeNode, segmentationNode, axis, index, mask_hw)  # validates slice and mask shape
+    # The modifier is the whole segment with this slice replaced, written in Set mode: slicer-core 5.13's Set with a
+    # one-slice modifier and a one-slice modification extent cleared the user's other slices, and Remove ignores the
+    # editable area. With the whole segment as modifier, other slices are set to what they already hold, and on
+    # this slice the editor's masking decides which voxels change (outside the editable area they keep their state).
+    current = segmentArray(segmentationNode, segmentID, volumeNode)
+    geometry.insert_slice(current, axis, index, (np.asarray(mask_hw) > 0).astype(np.uint8))
+    k, j, i = current.shape
+    labelmap = _orientedLabelmap(volumeNode, segmentationNode, current, [0, i - 1, 0, j - 1, 0, k - 1])
     editorLogic.SetSegmentationNode(segmentationNode)
     editorLogic.SetSourceVolumeNode(volumeNode)
     editorLogic.SetCurrentSegmentID(segmentID)
     if saveUndo:
         editorLogic.SaveStateForUndo()
-    # "Set on this slice" = remove the slice, then add the mask (both masked by the editor's editable area).
-    # ModificationModeSet with an extent replaced the whole segment in slicer-core 5.13 (other slices were
-    # cleared), so it is not used: a user's drawing on other slices must never be lost.
-    logic = slicer.vtkSlicerSegmentEditorLogic
-    modify = editorLogic.ModifySegmentByLabelmap
-    modify(segmentationNode, segmentID, wholeSlice, logic.ModificationModeRemove, True, False)
-    if mask_hw.any():
-        modify(segmentationNode, segmentID, labelmap, logic.ModificationModeAdd, True, False)
+    editorLogic.ModifySegmentByLabelmap(
+        segmentationNode, segmentID, labelmap, slicer.vtkSlicerSegmentEditorLogic.ModificationModeSet, True, False
+    )
 
 
 def undo(editorLogic) -> bool:
