@@ -1,6 +1,6 @@
 """SAMassist fit time with cached embeddings (LiteMedSAM, CPU): 2 and 5 annotated slices of the shared CT.
 
-Usage: .venv/bin/python benchmarks/bench_assist.py [--cache-dir /work/cache/emb] [--repeats 2] [--label 5]
+Usage: .venv/bin/python benchmarks/bench_assist.py [--cache-dir DIR] [--repeats 2] [--label 5]
 
 Embeddings are loaded (or encoded once) before timing; the time is that of ``fit_prompt_encoder``'s training loop
 (``LearnedPromptEncoder.seconds``) and of the whole call. Also reports the load average, because on a shared
@@ -30,7 +30,7 @@ if not CT.exists():
 def main() -> None:
     warnings.simplefilter("ignore")
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cache-dir", default="/work/cache/emb" if Path("/work/cache/emb").exists() else None)
+    ap.add_argument("--cache-dir", help="disk embedding cache to reuse (default: memory only, encoded before timing)")
     ap.add_argument("--label", type=int, default=5, help="label value (default 5 = liver)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--steps", type=int, help="override AssistConfig.steps")
