@@ -62,11 +62,11 @@ def make_backend(args):
     return load_backend(args.model, device=args.device, checkpoint=args.checkpoint, arch=args.arch, sha256=args.sha256)
 
 
-def make_segmenter(args, volume, backend=None, cache=None, context: str = "repeat"):
+def make_segmenter(args, volume, backend=None, cache=None, context: str = "repeat", mapping=None):
     from .intensity import make_mapping
     from .segmenter import Segmenter
 
-    mapping = make_mapping(volume.array_kji, args.preset, args.level, args.width)
+    mapping = mapping or make_mapping(volume.array_kji, args.preset, args.level, args.width)
     return Segmenter(volume, backend or make_backend(args), mapping, cache or make_cache(args), context=context)
 
 
@@ -105,10 +105,14 @@ def tqdm_progress(desc: str):
 # ---------------------------------------------------------------------- commands
 def cmd_segment(args) -> int:
     from .geometry import axis_for_orientation
+    from .geometry import extract_slice
     from .geometry import insert_slice
     from .intensity import make_mapping
     from .io import read_volume
     from .io import write_labelmap
+    from .models import get_spec
+    from .segmenter import empty_slice_message
+    from .segmenter import validate_prompts
 
     out = Path(args.output)
     if not out.parent.exists():
@@ -126,20 +130,15 @@ def cmd_segment(args) -> int:
         points = np.concatenate(pts)
     if box is None and points is None:
         raise ValueError("Give a prompt: --box x0,y0,x1,y1 and/or --point x,y / --negative x,y.")
-    from .geometry import extract_slice
-    from .segmenter import empty_slice_message
-    from .segmenter import validate_prompts
-
-    validate_prompts(volume, axis, args.slice, box, points, labels)  # before loading any model
-    make_mapping(volume.array_kji, args.preset, args.level, args.width)
-    from .models import get_spec
-
+    # every check that needs no model runs before the model is loaded
+    validate_prompts(volume, axis, args.slice, box, points, labels)
+    mapping = make_mapping(volume.array_kji, args.preset, args.level, args.width)
     if args.checkpoint is None:
         get_spec(args.model)
     s = extract_slice(volume.array_kji, axis, args.slice)
     if s.min() == s.max():
         raise ValueError(empty_slice_message(axis, args.slice))
-    seg = make_segmenter(args, volume)
+    seg = make_segmenter(args, volume, mapping=mapping)
     result = seg.segment(axis, args.slice, box_xyxy=box, points_xy=points, point_labels=labels)
     labels_kji = np.zeros(volume.shape_kji, dtype=np.uint8)
     insert_slice(labels_kji, axis, args.slice, result.mask_hw.astype(np.uint8) * args.label)
