@@ -8,6 +8,8 @@ Per label:
   ~ N(median of the foreground slices, std of the foreground slice indices), rounded, unique, inside the
   foreground) plus ``n_background`` slices drawn uniformly among the slices without the target (annotated empty;
   only SAP-Net uses them); the reference masks of these slices are the user's annotation.
+- ``oracle_box`` (not a generator): a tight reference box on every foreground slice, no propagation. It bounds
+  what any box-prompted generator can reach with this model, and so tells model errors from propagation errors.
 
 Volume Dice is over the whole volume (user slices included, as in the papers).
 """
@@ -22,6 +24,7 @@ import numpy as np
 
 from .metrics import dice
 
+ORACLE = "oracle_box"  # not a generator: the model's own bound (``run_oracle``)
 ABLATION = (
     ("prototypes only (PANet on SAM features)", dict(sap_use_fcn=False, sap_use_pe=False, sap_loss="ce", sap_topk=0)),
     ("+ FCN", dict(sap_use_fcn=True, sap_use_pe=False, sap_loss="ce", sap_topk=0)),
@@ -58,6 +61,27 @@ def _slices(ref_kji: np.ndarray, axis: int, idx: list[int]) -> dict[int, np.ndar
     return {int(i): extract_slice(ref_kji, axis, int(i)).astype(bool) for i in idx}
 
 
+def run_oracle(segmenter, ref_kji: np.ndarray, axis: int = 0) -> dict:
+    """Upper bound of every box-prompted generator: a tight box from the reference on every foreground slice.
+
+    No propagation and no stop rule: what the model gives when each slice gets the best box. A generator cannot
+    beat this by much, so when it is low the model, not the propagation, is what fails.
+    """
+    from .. import geometry
+
+    t0 = time.perf_counter()
+    out = np.zeros_like(ref_kji, dtype=bool)
+    other = tuple(a for a in range(3) if a != axis)
+    per = {}
+    for i in np.flatnonzero(ref_kji.any(axis=other)).tolist():
+        ref_hw = geometry.extract_slice(ref_kji, axis, i)
+        m = segmenter.segment(axis, i, box_xyxy=geometry.box_from_mask(ref_hw)).mask_hw
+        geometry.insert_slice(out, axis, i, m)
+        per[int(i)] = round(dice(m, ref_hw), 4)
+    return {"generator": ORACLE, "dice": round(dice(out, ref_kji), 4), "slice_dice": per,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
 def run_one(segmenter, ref_kji: np.ndarray, generator: str, axis: int = 0, seed: int = 0, config=None,
             n_annotated: int = 5, n_background: int = 2, progress=None) -> dict:
     """One label, one generator: returns Dice, slices, timing and the result's summary."""
@@ -69,6 +93,8 @@ def run_one(segmenter, ref_kji: np.ndarray, generator: str, axis: int = 0, seed:
     ref = np.asarray(ref_kji, bool)
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
+    if generator == ORACLE:
+        return run_oracle(segmenter, ref, axis)
     if generator == "sliding":
         other = tuple(a for a in range(3) if a != axis)
         s = int(ref.sum(axis=other).argmax())
@@ -97,7 +123,7 @@ def run_one(segmenter, ref_kji: np.ndarray, generator: str, axis: int = 0, seed:
 
 
 def run_propagation_protocol(segmenter, labels_kji: np.ndarray, label_ids: dict[str, int] | list[int],
-                             generators=("sliding", "threshold", "sapnet"), seed: int = 0, progress=None,
+                             generators=("sliding", "threshold", "sapnet", ORACLE), seed: int = 0, progress=None,
                              axis: int = 0, config=None, ablation: bool = True, ablation_labels=None) -> dict:
     """Run every generator on every label, plus the SAP-Net ablation.
 
@@ -105,7 +131,8 @@ def run_propagation_protocol(segmenter, labels_kji: np.ndarray, label_ids: dict[
         segmenter: a Segmenter on the image.
         labels_kji: KxJxI integer reference label map on the image grid.
         label_ids: {name: value} (or a list of values, named by value).
-        generators: subset of ``sammed.propagate.GENERATORS``.
+        generators: subset of ``sammed.propagate.GENERATORS``, plus ``ORACLE`` (a tight reference box on every
+            foreground slice: the bound of the box-prompted generators).
         seed: random seed of the slice choice and training.
         progress: ``progress(fraction, message)``.
         ablation: also run the 5 rows of ``ABLATION`` (SAP-Net) on ``ablation_labels`` (default: all labels).
@@ -160,7 +187,8 @@ def _fmt(v) -> str:
 def propagation_markdown(result: dict) -> str:
     """Markdown tables: Dice per label and generator; the SAP-Net ablation (coarse / after SAM)."""
     res = result["results"]
-    gens = sorted({g for r in res.values() for g in r}, key=lambda g: ("sliding", "threshold", "sapnet").index(g))
+    order = ("sliding", "threshold", "sapnet", ORACLE)
+    gens = sorted({g for r in res.values() for g in r}, key=order.index)
     lines = ["| label | " + " | ".join(gens) + " |", "|---|" + "---|" * len(gens)]
     for name, r in res.items():
         lines.append(f"| {name} | " + " | ".join(_fmt(r[g]["dice"]) if g in r else "-" for g in gens) + " |")
@@ -193,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("labels")
     p.add_argument("--labels-json", help="labels.json with names (TotalSegmentator example format)")
     p.add_argument("--ids", required=True, help="label values, e.g. 1,2,3,5")
-    p.add_argument("--generators", default="sliding,threshold,sapnet")
+    p.add_argument("--generators", default=f"sliding,threshold,sapnet,{ORACLE}")
     p.add_argument("--ablation-ids", help="label values for the SAP-Net ablation (default: none)")
     p.add_argument("--cache-dir")
     p.add_argument("--seed", type=int, default=0)

@@ -120,6 +120,11 @@ class PropagationConfig:
         margin: pixels added on each side of the box of the previous mask.
         opening: iterations of the 3x3 morphological opening applied to the previous mask before its box.
         keep_connected: keep only the parts of a new mask that touch the previous mask (grown by 2 pixels).
+        trim: trim a new mask to its intensity-consistent core (``sliding.trim_to_core``; range from the seeds'
+            interior, the stop rules' quantiles and tolerance) when that removes more than this fraction of it;
+            None switches trimming off. The intensity stop rule still judges the untrimmed mask.
+        trim_core_radius: masks with an equivalent radius (pixels) at least this large keep only in-range pixels
+            (then opened); smaller ones lose only out-of-range blobs that survive an opening.
     Threshold propagation:
         n_points: positive points sampled on each seed slice.
         threshold_k: a carried point passes when its intensity lies within ``threshold_k`` x the (running)
@@ -140,6 +145,8 @@ class PropagationConfig:
     margin: float = 2.5  # + the half pixel of the box edge convention (geometry.SliceGrid.box_to_model) = 3 px
     opening: int = 1
     keep_connected: bool = True
+    trim: float | None = 0.05
+    trim_core_radius: float = 12.0
     n_points: int = 5
     threshold_k: float = 2.0
     threshold_update: float = 0.3

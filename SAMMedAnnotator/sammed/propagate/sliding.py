@@ -2,8 +2,13 @@
 
 From each seed slice the generator walks up and down. On slice i it takes the accepted mask of slice i -/+ 1,
 denoises it with a morphological opening, prompts slice i with that mask's box grown by ``margin`` pixels, keeps
-the parts of the new mask that touch the previous one, and asks the stop rules (``stop.py``) whether the target is
-still there. It stops at the first rejected slice, at the volume/range end, or half way to the next seed.
+the parts of the new mask that touch the previous one, trims it to the target's intensity (``trim_to_core``), and
+asks the stop rules (``stop.py``) whether the target is still there. It stops at the first rejected slice, at the
+volume/range end, or half way to the next seed.
+
+Trimming is our addition to Slide-SAM: a box prompt makes LiteMedSAM fill the box, so when the model over-segments
+(the MR liver here, by ~30 %), the box carried from that mask never shrinks as the organ does, and the error grows
+slice after slice. Removing the parts whose intensity is not the seeds' lets the next box shrink.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from .stop import embedding_on_slice
 from .stop import evidence
 from .stop import intensity_range
 from .stop import judge
+from .stop import widened_range
 
 
 def slice_embedding(ctx: Context, index: int) -> np.ndarray:
@@ -47,6 +53,50 @@ def box_prompt(prev_hw: np.ndarray, opening: int, margin: float) -> np.ndarray |
     return geometry.box_from_mask(m, margin)
 
 
+def core_range(seeds: dict[int, np.ndarray], image_fn, rules, erode: int = 1) -> tuple[float, float]:
+    """Intensity range (the stop rules' quantiles and tolerance) of the interior of the seed masks.
+
+    The seed mask's rim mixes partial-volume pixels and whatever the model over-segmented, so the range is taken
+    from the masks eroded by ``erode`` pixels (the whole mask where erosion leaves nothing).
+    """
+    vals = []
+    for i, m in seeds.items():
+        if not m.any():
+            continue
+        inner = ndimage.binary_erosion(m, iterations=erode) if erode else m
+        vals.append(image_fn(i)[inner if inner.any() else m].ravel())
+    return widened_range(np.concatenate(vals), rules.intensity_quantiles, rules.intensity_tolerance)
+
+
+def trim_to_core(mask_hw: np.ndarray, image_hw: np.ndarray, rng: tuple[float, float], opening: int,
+                 core_radius: float) -> np.ndarray:
+    """The candidate without the parts whose intensity is not the target's.
+
+    Large candidates (equivalent radius >= ``core_radius`` pixels) keep only their pixels inside ``rng``, opened
+    (``opening`` iterations), which also cuts thin bridges to neighbouring structures. Small candidates (vessels,
+    small organs, where the partial-volume rim is a large part of the area) lose only out-of-range regions that
+    survive an opening, so the rim and single noisy pixels stay. Holes closed inside the core are given back
+    (vessels inside an organ are part of it). Then parts smaller than a tenth of the largest remaining part are
+    dropped.
+    """
+    outside = mask_hw & ((image_hw < rng[0]) | (image_hw > rng[1]))
+    if np.sqrt(mask_hw.sum() / np.pi) >= core_radius:
+        core = mask_hw & ~outside
+        if opening:
+            core = ndimage.binary_opening(core, iterations=opening)
+    else:
+        if opening:
+            outside = ndimage.binary_opening(outside, iterations=opening)
+        core = mask_hw & ~outside
+    core = ndimage.binary_fill_holes(core) & mask_hw
+    lab, n = ndimage.label(core)
+    if n == 0:
+        return core
+    sizes = ndimage.sum(core, lab, index=np.arange(1, n + 1))
+    keep = np.flatnonzero(sizes >= 0.1 * sizes.max()) + 1
+    return np.isin(lab, keep)
+
+
 def keep_touching(mask_hw: np.ndarray, prev_hw: np.ndarray, grow: int = 2) -> np.ndarray:
     """Connected parts of ``mask_hw`` that touch ``prev_hw`` grown by ``grow`` pixels (all of it if none does)."""
     lab, n = ndimage.label(mask_hw)
@@ -70,12 +120,24 @@ def step(ctx: Context, index: int, prev_hw: np.ndarray, target, direction: int,
         box = box_prompt(prev_hw, cfg.opening, cfg.margin)
     ctx.embedding(index)  # counts an encode if it was not cached
     res = ctx.seg.segment(ctx.axis, index, box_xyxy=box)
-    mask = res.mask_hw
-    if cfg.keep_connected and mask.any():
-        mask = keep_touching(mask, prev_hw)
+    raw = res.mask_hw
+    if cfg.keep_connected and raw.any():
+        raw = keep_touching(raw, prev_hw)
+    mask = raw
+    trimmed = 0
+    if cfg.trim is not None and raw.any():
+        core = trim_to_core(raw, ctx.image(index), target.extra["core_range"], cfg.opening, cfg.trim_core_radius)
+        if core.any() and core.sum() < (1.0 - cfg.trim) * raw.sum():
+            mask = keep_touching(core, prev_hw) if cfg.keep_connected else core
+            trimmed = int(raw.sum() - mask.sum())
     target.extra["neighbour_range"] = intensity_range(ctx.image(index - direction), prev_hw, cfg.rules)
     emb = slice_embedding(ctx, index) if cfg.rules.feature_margin is not None and mask.any() else None
     ev = evidence(mask, res.iou, ctx.image(index), target, prev_hw, emb, cfg.rules)
+    if trimmed:
+        # The intensity rule judges what the model found, not the trimmed mask (consistent by construction).
+        ev["intensity_fraction"] = evidence(raw, res.iou, ctx.image(index), target, None, None, cfg.rules).get(
+            "intensity_fraction", 1.0)
+        ev["trimmed"] = trimmed
     ctx.info.setdefault("evidence", {})[int(index)] = {k: (round(v, 4) if isinstance(v, float) else v)
                                                        for k, v in ev.items()}
     reason = judge(ev, cfg.rules)
@@ -108,6 +170,8 @@ def walk(ctx: Context, start: int, first_mask: np.ndarray, direction: int, limit
 def run_sliding(ctx: Context) -> None:
     seeds = sorted(ctx.user)
     target = seed_target(ctx, ctx.user)
+    if ctx.config.trim is not None:
+        target.extra["core_range"] = core_range(ctx.user, ctx.image, ctx.config.rules)
     ctx.info["target"] = {"area": target.area, "intensity": [target.intensity_lo, target.intensity_hi]}
     for n, s in enumerate(seeds):
         nxt = seeds[n + 1] if n + 1 < len(seeds) else None

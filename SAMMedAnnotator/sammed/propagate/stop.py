@@ -117,9 +117,8 @@ def build_target(seeds: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], 
         rules: for the intensity quantiles and tolerance.
     """
     areas = [float(m.sum()) for _, m, _ in seeds if m.any()]
-    values = np.concatenate([img[m].ravel() for img, m, _ in seeds if m.any()]).astype(np.float64)
-    lo, hi = np.quantile(values, rules.intensity_quantiles)
-    pad = rules.intensity_tolerance * max(hi - lo, 1e-6)
+    values = np.concatenate([img[m].ravel() for img, m, _ in seeds if m.any()])
+    lo, hi = widened_range(values, rules.intensity_quantiles, rules.intensity_tolerance)
     fgs, bgs = [], []
     for _, m, emb in seeds:
         if emb is None or not m.any():
@@ -131,13 +130,18 @@ def build_target(seeds: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], 
             bgs.append(b)
     fg = _unit(np.mean(fgs, axis=0)) if fgs else None
     bg = _unit(np.mean(bgs, axis=0)) if bgs else None
-    return TargetModel(float(np.mean(areas)), float(lo - pad), float(hi + pad), fg, bg)
+    return TargetModel(float(np.mean(areas)), lo, hi, fg, bg)
 
 
 def intensity_range(image_hw: np.ndarray, mask_hw: np.ndarray, rules: StopRules) -> tuple[float, float]:
     """Intensity range of the target on one slice (quantiles widened by the tolerance)."""
-    lo, hi = np.quantile(image_hw[mask_hw].astype(np.float64), rules.intensity_quantiles)
-    pad = rules.intensity_tolerance * max(hi - lo, 1e-6)
+    return widened_range(image_hw[mask_hw], rules.intensity_quantiles, rules.intensity_tolerance)
+
+
+def widened_range(values: np.ndarray, quantiles: tuple[float, float], tolerance: float) -> tuple[float, float]:
+    """The ``quantiles`` of ``values``, each side moved out by ``tolerance`` x the distance between them."""
+    lo, hi = np.quantile(np.asarray(values, dtype=np.float64), quantiles)
+    pad = tolerance * max(hi - lo, 1e-6)
     return float(lo - pad), float(hi + pad)
 
 
