@@ -82,23 +82,27 @@ gen_slices = review.generatedSlices()
 gen = acc & SegmentArrays.slicesMask(acc.shape, 0, gen_slices)
 # coronal: array axis 1 at the liver's largest coronal slice; rows = K (flip so superior is up), cols = I
 j = int(liver.sum(axis=(0, 2)).argmax())
-cor = lambda v: np.flipud(v[:, j, :])  # noqa: E731
-# images have LPS direction diag(-1,-1,1): I runs to patient's left? direction -1 on x: I increases to the right (R)
+# The CT's LPS direction is diag(-1, -1, 1): I increases towards the patient's right, J towards anterior. Slicer
+# shows the patient's right on the left and anterior at the top, so columns (I) are flipped in both views and rows
+# (J) in the axial view; coronal rows are K, flipped so that superior is up.
+cor = lambda v: np.flipud(v[:, j, :])[:, ::-1]  # noqa: E731
+axial = lambda v: v[::-1, ::-1]  # noqa: E731
 cor_img = overlay(window(cor(arr)), [(cor(gen), (60, 200, 90), 0.45), (cor(user), (250, 200, 40), 0.8),
                                      (outline(cor(liver)), (230, 60, 60), 1.0)])
 k = gen_slices[len(gen_slices) // 3] if gen_slices else PROMPT
-ax_img = overlay(window(arr[k]), [(gen[k], (60, 200, 90), 0.45), (outline(liver[k]), (230, 60, 60), 1.0)])
+ax_img = overlay(window(axial(arr[k])), [(axial(gen[k]), (60, 200, 90), 0.45),
+                                         (outline(axial(liver[k])), (230, 60, 60), 1.0)])
 iou_k = next(r.iou for r in rows_ if r.index == k)
 
 def scaled(a, sy, sx, scale=3):
     im = Image.fromarray(a)
     return im.resize((int(a.shape[1] * sx * scale / 3), int(a.shape[0] * sy * scale / 3)), Image.NEAREST)
 
-A = scaled(np.flipud(ax_img) if False else ax_img, sp[1], sp[0])
+A = scaled(ax_img, sp[1], sp[0])
 C = scaled(cor_img, sp[2], sp[0])
-pad, top = 12, 34
+pad, top = 12, 52
 W = A.width + C.width + 3 * pad
-H = max(A.height, C.height) + top + 46
+H = max(A.height, C.height) + top + 64
 canvas = Image.new("RGB", (W, H), (18, 20, 24))
 canvas.paste(C, (pad, top))
 canvas.paste(A, (2 * pad + C.width, top))
@@ -107,12 +111,14 @@ try:
     font = ImageFont.truetype("DejaVuSans.ttf", 14)
 except OSError:
     font = ImageFont.load_default()
-dr.text((pad, 10), f"Coronal: prompted axial slice {PROMPT} (yellow), generated slices (green)", fill=(230, 230, 230), font=font)
-dr.text((2 * pad + C.width, 10), f"Axial slice {k}: generated, predicted IoU {iou_k:.2f}", fill=(230, 230, 230), font=font)
+dr.text((pad, 8), f"Coronal: prompted axial slice {PROMPT} (yellow),\ngenerated slices (green)", fill=(230, 230, 230),
+        font=font)
+dr.text((2 * pad + C.width, 8), f"Axial slice {k}: generated,\npredicted IoU {iou_k:.2f}", fill=(230, 230, 230), font=font)
 yy = top + max(A.height, C.height) + 8
-dr.text((pad, yy), f"SAMMedAuto sliding window, LiteMedSAM, liver from 1 prompted slice: volume Dice {d:.3f} vs reference "
-        f"(red outline); {counts['generated']} slices generated, {len(flagged)} flagged (IoU < 0.8)", fill=(230, 230, 230), font=font)
-dr.text((pad, yy + 18), "Drawn from the accepted segment of the segmentation node (slicer-core MRML), shared example CT.",
+dr.text((pad, yy), f"SAMMedAuto sliding window, LiteMedSAM, liver from 1 prompted slice: volume Dice {d:.3f}\n"
+        f"vs reference (red outline); {counts['generated']} slices generated, {len(flagged)} flagged (IoU < 0.8)",
+        fill=(230, 230, 230), font=font)
+dr.text((pad, yy + 36), "From the accepted segment of the segmentation node (slicer-core MRML), shared example CT.",
         fill=(170, 170, 170), font=font)
 out = ROOT / "Resources" / "Screenshots" / "auto.png"
 out.parent.mkdir(parents=True, exist_ok=True)
