@@ -191,3 +191,42 @@ def test_sam_vit_b_code_path_random_init(tmp_path):
     scores = evaluate_slice(seg, 0, 2, mask, True, 0, 1, clicks=(1, 3), composite=True)
     assert set(scores) == {"click1", "click3", "box", "composite"}
     assert scores["composite"] >= scores["box"]
+
+
+def test_point_counts_cover_many_clicks_and_keep_single_clicks():
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 12:28] = True
+    rng = np.random.default_rng(0)
+    cfg = assist.AssistConfig(max_points=10, p_single=0.3)
+    sampler = assist._SliceSampler(mask, cfg)
+    counts = [sampler.point_counts("points", rng) for _ in range(2000)]
+    totals = np.array([p + n for p, n in counts])
+    assert all(p >= 1 for p, _ in counts)  # the first click is always positive
+    assert totals.max() == 10 and totals.min() == 1
+    assert abs(np.mean(totals == 1) - 0.3) < 0.05  # one positive click stays common
+    assert any(n >= 3 for _, n in counts)  # negative corrective clicks appear
+    paper = assist._SliceSampler(mask, assist.AssistConfig())  # default: the paper's rule, N_pt = 3
+    counts = [paper.point_counts("points", rng) for _ in range(500)]
+    assert {p for p, _ in counts} == {1, 2} and {n for _, n in counts} == {0, 1, 2}  # the paper's [1, N_pt)
+    with pytest.raises(ValueError, match="max_points"):
+        assist.AssistConfig(max_points=-1).check()
+
+
+@pytest.mark.model
+def test_box_copy_stays_close_to_the_original(ct_segmenter, ct_labels):
+    masks = assist.annotations_from_labels(ct_labels.array_kji, KIDNEY, TRAIN)
+    original = dict(ct_segmenter.backend.model.prompt_encoder.named_parameters())
+
+    def drift(cfg):
+        learned = assist.fit_prompt_encoder(ct_segmenter, masks, config=assist.AssistConfig(steps=3, seed=0, **cfg))
+        return {name: sum(float((p - original[n]).norm() ** 2) for n, p in copy.named_parameters()) ** 0.5
+                for name, copy in (("points", learned.module.points), ("boxes", learned.module.boxes))}
+
+    frozen = drift({"box_lr_scale": 0.0})
+    assert frozen["boxes"] == 0.0 and frozen["points"] > 0  # box lr 0: the box copy is the original encoder
+    full = drift({"box_lr_scale": 1.0})
+    default = drift({})
+    assert 0 < default["boxes"] < 0.2 * full["boxes"]  # the default box lr keeps it close
+    assert drift({"box_lr_scale": 1.0, "box_prox": 100.0})["boxes"] < full["boxes"]  # so does the penalty
+    with pytest.raises(ValueError, match="box_lr_scale"):
+        assist.AssistConfig(box_lr_scale=-1).check()

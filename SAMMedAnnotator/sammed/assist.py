@@ -19,6 +19,8 @@ Loss: binary cross-entropy + soft Dice (equal weights), on the decoder's 256x256
 image, padding excluded) against the reference mask resampled to that grid (soft target). Optimiser: Adam. For
 SAM (multimask models) a prompt of a single point without a box is scored, as in SAM's own training, by the
 best of its three masks; everything else by the single-mask output that the engine uses at inference.
+The box copy learns at ``lr * box_lr_scale`` (default 1/20): LiteMedSAM's box prompt is already good, and at the
+full rate a few steps fitted the annotated slices at the cost of the others (docs/assist.md, deviation 6).
 
 The result is a ``LearnedPromptEncoder``: the trained module plus the metadata that ties it to one volume, one
 target and one base model. ``save_learned``/``load_learned`` store it as a small self-describing torch file
@@ -66,12 +68,21 @@ class AssistConfig:
         steps: optimisation steps; each step decodes ``prompts_per_slice`` prompts on every annotated slice.
         lr: Adam learning rate.
         prompts_per_slice: prompts sampled per slice per step (decoded as one batch on that slice's embedding).
-        n_pt: N_pt of the paper: positive points per prompt drawn from [1, N_pt), negative from [0, N_pt).
+        n_pt: N_pt of the paper: positive points per prompt drawn from [1, N_pt), negative from [0, N_pt). Used
+            for composite prompts, and for point prompts when ``max_points`` is 0.
+        max_points: point prompts (no box) have 1 point with probability ``p_single``, otherwise 2..max_points
+            points (uniform), the first positive and each later one positive or negative with probability 1/2 (as
+            a user's corrective clicks); 0 = the paper's rule with ``n_pt``.
+        p_single: probability of a single positive point among point prompts (when ``max_points`` > 0).
         d_in: box jitter, largest inward move of a side (slice pixels).
         d_out: box jitter, largest outward move of a side (slice pixels).
         sampling: point scheme inside the mask: ``uniform``, ``center``, ``boundary`` or ``mixed`` (one of the
             three drawn per prompt).
         kinds: prompt kinds to train and their sampling weights, e.g. ``{"points": 2, "box": 1, "composite": 1}``.
+        box_lr_scale: the box copy's learning rate is ``lr * box_lr_scale`` (LiteMedSAM was trained with boxes:
+            its box prompt needs small changes only, large ones cost Dice on slices unlike the annotated ones).
+        box_prox: proximal penalty ``box_prox * sum((w - w0)^2)`` on the box copy's distance to the original
+            weights w0 (0 = off).
         time_budget_s: stop after the step that passes this many seconds (None: run all steps). Results with a
             budget depend on the machine's speed; without one they are deterministic for a seed.
         seed: seeds numpy and torch sampling.
@@ -82,10 +93,14 @@ class AssistConfig:
     lr: float = 0.05
     prompts_per_slice: int = 2
     n_pt: int = 3
+    max_points: int = 0
+    p_single: float = 0.3
     d_in: float = 2.0
     d_out: float = 5.0
     sampling: str = "mixed"
     kinds: dict = field(default_factory=lambda: {"points": 2.0, "box": 1.0, "composite": 1.0})
+    box_lr_scale: float = 0.05
+    box_prox: float = 0.0
     time_budget_s: float | None = None
     seed: int = 0
     device: str | None = None
@@ -100,6 +115,10 @@ class AssistConfig:
             raise ValueError(f"prompts_per_slice must be at least 1 (got {self.prompts_per_slice}).")
         if self.n_pt < 2:
             raise ValueError(f"n_pt (N_pt) must be at least 2, points are drawn from [1, N_pt) (got {self.n_pt}).")
+        if self.max_points < 0 or not (0 <= self.p_single <= 1):
+            raise ValueError("max_points must be >= 0 and p_single in [0, 1].")
+        if self.box_lr_scale < 0 or self.box_prox < 0:
+            raise ValueError("box_lr_scale and box_prox must not be negative.")
         if self.d_in < 0 or self.d_out < 0:
             raise ValueError("Box jitter d_in and d_out must not be negative.")
         if self.sampling not in SAMPLING_SCHEMES:
@@ -217,6 +236,17 @@ class _SliceSampler:
             return self.box.copy()
         return box
 
+    def point_counts(self, kind: str, rng: np.random.Generator) -> tuple[int, int]:
+        """(positive, negative) point counts of one prompt of ``kind`` ("points" or "composite")."""
+        cfg = self.cfg
+        if kind == "points" and cfg.max_points > 0:
+            # like a user's clicks: one positive click (probability p_single), or 2..max_points clicks of which
+            # the first is positive and each later one positive or negative with equal probability
+            total = 1 if rng.random() < cfg.p_single else int(rng.integers(2, max(cfg.max_points, 2) + 1))
+            n_pos = 1 + int(rng.binomial(total - 1, 0.5))
+            return n_pos, total - n_pos
+        return int(rng.integers(1 if kind == "points" else 0, cfg.n_pt)), int(rng.integers(0, cfg.n_pt))
+
     def sample(self, kind: str, count: int, rng: np.random.Generator):
         """``count`` prompts of one kind: (points list of Nx2, labels list of N, boxes Bx4 or None)."""
         points, labels, boxes = [], [], []
@@ -224,8 +254,7 @@ class _SliceSampler:
             if kind == "box":
                 pos, neg = np.zeros((0, 2)), np.zeros((0, 2))
             else:
-                n_pos = int(rng.integers(1 if kind == "points" else 0, self.cfg.n_pt))
-                n_neg = int(rng.integers(0, self.cfg.n_pt))
+                n_pos, n_neg = self.point_counts(kind, rng)
                 pos = self.positives(n_pos, rng) if n_pos else np.zeros((0, 2))
                 neg = self.negatives(n_neg, rng)
             points.append(np.concatenate([pos, neg]))
@@ -395,7 +424,11 @@ def fit_prompt_encoder(
     module = _new_routed(backend).to(device).train()
     for p in module.parameters():
         p.requires_grad_(True)
-    optimiser = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=cfg.lr)
+    optimiser = torch.optim.Adam([
+        {"params": list(module.points.parameters()), "lr": cfg.lr},
+        {"params": list(module.boxes.parameters()), "lr": cfg.lr * cfg.box_lr_scale},
+    ])
+    box_origin = [p.detach().clone() for p in module.boxes.parameters()] if cfg.box_prox > 0 else []
     with torch.no_grad():
         image_pe = module.get_dense_pe().detach()
     multimask_model = getattr(backend, "family", "litemedsam") == "sam"
@@ -438,6 +471,10 @@ def fit_prompt_encoder(
             loss = _loss(out_masks, tgt, single) / len(data)
             loss.backward()
             total += float(loss.detach())
+        if box_origin:
+            prox = cfg.box_prox * sum(((p - p0) ** 2).sum() for p, p0 in zip(module.boxes.parameters(), box_origin,
+                                                                              strict=True))
+            prox.backward()
         optimiser.step()
         history.append(total)
         elapsed = time.perf_counter() - start
