@@ -375,8 +375,7 @@ class Annotator:
         if self.segmenter is None or volumeNode is None:
             raise ValueError("Select a volume first.")
         array = SegmentWrite.segmentArray(segmentationNode, segmentID, volumeNode)
-        other = tuple(a for a in range(3) if a != axis)
-        indices = [int(i) for i in np.flatnonzero(array.sum(axis=other))]
+        indices = SegmentWrite.annotatedSlices(segmentationNode, segmentID, volumeNode, axis)
         if not indices:
             raise ValueError("Segment a few slices first: SAMassist learns from the slices you have segmented.")
         assist = assistModule()  # imports torch: only once there is something to learn from

@@ -167,6 +167,4 @@ def segmentSliceMask(segmentationNode, segmentID: str, volumeNode, axis: int, in
 
 def annotatedSlices(segmentationNode, segmentID: str, volumeNode, axis: int) -> list[int]:
     """Indices of the slices on ``axis`` where the segment has voxels (the user's annotations for SAMassist)."""
-    array = segmentArray(segmentationNode, segmentID, volumeNode)
-    other = tuple(a for a in range(3) if a != axis)
-    return [int(i) for i in np.flatnonzero(array.sum(axis=other))]
+    return geometry.foreground_slices(segmentArray(segmentationNode, segmentID, volumeNode), axis)

@@ -322,8 +322,7 @@ def annotations_from_labels(labels_kji: np.ndarray, label: int, slices=None, axi
     labels_kji = np.asarray(labels_kji)
     axis = geometry.check_axis(axis)
     if slices is None:
-        other = tuple(a for a in range(3) if a != axis)
-        slices = np.flatnonzero((labels_kji == label).any(axis=other)).tolist()
+        slices = geometry.foreground_slices(labels_kji == label, axis)
         if not slices:
             raise ValueError(f"Label {label} does not occur in the label map; no annotated slice was found.")
     out = {}

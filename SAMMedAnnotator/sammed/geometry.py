@@ -107,6 +107,12 @@ def slice_shape(shape_kji: tuple[int, int, int], axis: int) -> tuple[int, int]:
     return s[0], s[1]
 
 
+def foreground_slices(mask_kji: np.ndarray, axis: int) -> list[int]:
+    """Indices of the slices on ``axis`` where ``mask_kji`` has a nonzero voxel."""
+    other = tuple(a for a in range(3) if a != check_axis(axis))
+    return [int(i) for i in np.flatnonzero(np.asarray(mask_kji).any(axis=other))]
+
+
 def pixel_spacing(spacing_ijk: tuple[float, float, float], axis: int) -> tuple[float, float]:
     """(row, column) pixel size in mm of a slice on ``axis``."""
     si, sj, sk = spacing_ijk

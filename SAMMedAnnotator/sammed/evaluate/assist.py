@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..geometry import extract_slice
+from ..geometry import foreground_slices
 from ..jobs import ProgressFn
 from ..jobs import check_stop
 from .clicks import first_click
@@ -149,7 +150,6 @@ def run_assist_protocol(segmenter, labels_kji: np.ndarray, label_ids: Mapping[st
         raise ValueError(f"The label map has shape {labels_kji.shape}, the image {segmenter.volume.shape_kji}.")
     base_cfg = config or AssistConfig()
     saved = (segmenter.prompt_encoder, segmenter.use_learned)
-    other = tuple(a for a in range(3) if a != axis)
     result = {"labels": {}, "mean": {}, "skipped": [], "settings": {
         "n_train": list(n_train), "clicks": list(clicks), "seed": seed, "axis": axis,
         "max_eval_slices": max_eval_slices, "composite": composite, "model": segmenter.backend.model_id,
@@ -158,7 +158,7 @@ def run_assist_protocol(segmenter, labels_kji: np.ndarray, label_ids: Mapping[st
     t0 = time.perf_counter()
     try:
         for li, (name, value) in enumerate(todo):
-            fg = np.flatnonzero((labels_kji == value).any(axis=other)).tolist()
+            fg = foreground_slices(labels_kji == value, axis)
             if len(fg) < max(n_train) + 1:
                 result["skipped"].append(name)
                 continue

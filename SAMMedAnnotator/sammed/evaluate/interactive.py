@@ -29,16 +29,11 @@ COMPOSITE_CLICKS = 5
 PROTOCOLS = ("interactive", "assist", "propagation")
 
 
-def foreground_slices(mask_kji: np.ndarray, axis: int) -> np.ndarray:
-    other = tuple(a for a in range(3) if a != axis)
-    return np.flatnonzero(mask_kji.any(axis=other))
-
-
 def pick_slices(mask_kji: np.ndarray, axis: int, count: int | None) -> list[int]:
     """The largest slice plus evenly spread foreground slices (``count`` in all; None = every one)."""
-    fg = foreground_slices(mask_kji, axis)
+    fg = geometry.foreground_slices(mask_kji, axis)
     if count is None or count >= len(fg):
-        return [int(i) for i in fg]
+        return fg
     other = tuple(a for a in range(3) if a != axis)
     largest = int(mask_kji.sum(axis=other).argmax())
     # the largest slice, then count-1 slices spread over the inner range (first and last slices of a label are

@@ -38,8 +38,9 @@ def choose_annotated(ref_kji: np.ndarray, axis: int, n: int, rng: np.random.Gene
                      n_background: int = 0) -> tuple[list[int], list[int]]:
     """Annotated slices as in SAMMed 3.3: foreground ~ N(median, std^2) of the foreground slice indices, background
     uniform among the other slices. Returns (foreground slices, background slices), sorted."""
-    other = tuple(a for a in range(3) if a != axis)
-    z = np.flatnonzero(ref_kji.any(axis=other))
+    from ..geometry import foreground_slices
+
+    z = np.asarray(foreground_slices(ref_kji, axis))
     if z.size == 0:
         raise ValueError("The reference has no voxel of this label.")
     m, s = float(np.median(z)), float(max(z.std(), 1.0))
@@ -71,9 +72,8 @@ def run_oracle(segmenter, ref_kji: np.ndarray, axis: int = 0) -> dict:
 
     t0 = time.perf_counter()
     out = np.zeros_like(ref_kji, dtype=bool)
-    other = tuple(a for a in range(3) if a != axis)
     per = {}
-    for i in np.flatnonzero(ref_kji.any(axis=other)).tolist():
+    for i in geometry.foreground_slices(ref_kji, axis):
         ref_hw = geometry.extract_slice(ref_kji, axis, i)
         box = geometry.box_from_mask(ref_hw)
         if box[2] <= box[0] or box[3] <= box[1]:  # one pixel wide or high: half a pixel each side

@@ -75,8 +75,7 @@ def seeds_from_labelmap(seed_kji: np.ndarray, axis: int, label: int | None, slic
     mask_kji = seed_kji == label
     if not mask_kji.any():
         raise ValueError(f"Label {label} is not in the seed label map (it holds {values}).")
-    other = tuple(a for a in range(3) if a != axis)
-    present = [int(i) for i in np.flatnonzero(mask_kji.any(axis=other))]
+    present = geometry.foreground_slices(mask_kji, axis)
     chosen = present if slices is None else slices
     masks = {}
     for i in chosen:
