@@ -22,6 +22,7 @@ from .api import SliceRecord
 from .stop import build_target
 from .stop import embedding_on_slice
 from .stop import evidence
+from .stop import intensity_fraction
 from .stop import intensity_range
 from .stop import judge
 from .stop import widened_range
@@ -135,8 +136,7 @@ def step(ctx: Context, index: int, prev_hw: np.ndarray, target, direction: int,
     ev = evidence(mask, res.iou, ctx.image(index), target, prev_hw, emb, cfg.rules)
     if trimmed:
         # The intensity rule judges what the model found, not the trimmed mask (consistent by construction).
-        ev["intensity_fraction"] = evidence(raw, res.iou, ctx.image(index), target, None, None, cfg.rules).get(
-            "intensity_fraction", 1.0)
+        ev["intensity_fraction"] = intensity_fraction(raw, ctx.image(index), target, cfg.rules)
         ev["trimmed"] = trimmed
     ctx.info.setdefault("evidence", {})[int(index)] = {k: (round(v, 4) if isinstance(v, float) else v)
                                                        for k, v in ev.items()}

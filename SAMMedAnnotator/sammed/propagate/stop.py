@@ -150,6 +150,15 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / n if n > 0 else v
 
 
+def intensity_fraction(mask_hw: np.ndarray, image_hw: np.ndarray, target: TargetModel, rules: StopRules) -> float:
+    """Fraction of the (non-empty) mask's pixels inside the target's intensity range (seed or neighbour reference)."""
+    lo, hi = target.intensity_lo, target.intensity_hi
+    if rules.intensity_reference == "neighbour" and "neighbour_range" in target.extra:
+        lo, hi = target.extra["neighbour_range"]
+    vals = image_hw[mask_hw]
+    return float(np.mean((vals >= lo) & (vals <= hi)))
+
+
 def evidence(mask_hw: np.ndarray, iou: float, image_hw: np.ndarray, target: TargetModel,
              neighbour_hw: np.ndarray | None, emb_chw: np.ndarray | None, rules: StopRules) -> dict:
     """Measurements of a candidate mask used by ``judge`` (all JSON-able floats)."""
@@ -158,11 +167,7 @@ def evidence(mask_hw: np.ndarray, iou: float, image_hw: np.ndarray, target: Targ
     if area == 0:
         return ev
     ev["area_ratio_seed"] = area / max(target.area, 1.0)
-    vals = image_hw[mask_hw]
-    lo, hi = target.intensity_lo, target.intensity_hi
-    if rules.intensity_reference == "neighbour" and "neighbour_range" in target.extra:
-        lo, hi = target.extra["neighbour_range"]
-    ev["intensity_fraction"] = float(np.mean((vals >= lo) & (vals <= hi)))
+    ev["intensity_fraction"] = intensity_fraction(mask_hw, image_hw, target, rules)
     if neighbour_hw is not None and neighbour_hw.any():
         grown = neighbour_hw
         if rules.overlap_grow:
