@@ -104,6 +104,18 @@ def test_points_and_boxes_scale_with_the_grid():
     np.testing.assert_allclose(grid.box_to_model([1, 1, 5, 3]), [0.5, 2.5, 5.5, 11.5])  # outer pixel edges
 
 
+def test_box_of_a_one_pixel_thick_mask_has_an_area():
+    mask = np.zeros((20, 30), bool)
+    mask[3, 5:9] = True  # one row high
+    box = geometry.box_from_mask(mask)
+    np.testing.assert_allclose(box, [5, 2.5, 8, 3.5])
+    geometry.check_box(box, mask.shape)  # accepted: a prompt can be made from it
+    mask[:] = False
+    mask[7, 11] = True
+    np.testing.assert_allclose(geometry.box_from_mask(mask), [10.5, 6.5, 11.5, 7.5])
+    np.testing.assert_allclose(geometry.box_from_mask(mask, 2.0), [9, 5, 13, 9])  # a larger margin is kept
+
+
 @pytest.mark.parametrize(
     ("box", "message"),
     [

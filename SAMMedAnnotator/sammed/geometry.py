@@ -219,11 +219,17 @@ def check_points(points_xy, labels, shape_hw: tuple[int, int]) -> tuple[np.ndarr
 
 
 def box_from_mask(mask_hw: np.ndarray, margin: float = 0.0) -> np.ndarray | None:
-    """Tight XYXY box of a binary mask (inclusive pixel indices), grown by ``margin`` pixels; None if empty."""
+    """Tight XYXY box of a binary mask (inclusive pixel indices), grown by ``margin`` pixels; None if empty.
+
+    A side only one pixel thick gets at least half a pixel each way, so the box always has an area (``check_box``
+    refuses zero-area boxes) and still covers just that pixel row or column.
+    """
     rows = np.flatnonzero(mask_hw.any(axis=1))
     if rows.size == 0:
         return None
     cols = np.flatnonzero(mask_hw.any(axis=0))
     h, w = mask_hw.shape
-    box = np.array([cols[0] - margin, rows[0] - margin, cols[-1] + margin, rows[-1] + margin], dtype=np.float64)
+    mx = max(margin, 0.5) if cols[0] == cols[-1] else margin
+    my = max(margin, 0.5) if rows[0] == rows[-1] else margin
+    box = np.array([cols[0] - mx, rows[0] - my, cols[-1] + mx, rows[-1] + my], dtype=np.float64)
     return np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1])

@@ -75,10 +75,7 @@ def run_oracle(segmenter, ref_kji: np.ndarray, axis: int = 0) -> dict:
     per = {}
     for i in geometry.foreground_slices(ref_kji, axis):
         ref_hw = geometry.extract_slice(ref_kji, axis, i)
-        box = geometry.box_from_mask(ref_hw)
-        if box[2] <= box[0] or box[3] <= box[1]:  # one pixel wide or high: half a pixel each side
-            box = geometry.box_from_mask(ref_hw, 0.5)
-        m = segmenter.segment(axis, i, box_xyxy=box).mask_hw
+        m = segmenter.segment(axis, i, box_xyxy=geometry.box_from_mask(ref_hw)).mask_hw
         geometry.insert_slice(out, axis, i, m)
         per[int(i)] = round(dice(m, ref_hw), 4)
     return {"generator": ORACLE, "dice": round(dice(out, ref_kji), 4), "slice_dice": per,
