@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sammed.jobs import Cancelled
+from sammed.jobs import drain
 
 JobFn = Callable[[Callable[[float, str], None], Callable[[], bool]], Any]
 
@@ -100,12 +101,7 @@ class Worker:
 
     def drain(self) -> list[WorkerEvent]:
         """All events since the last call, oldest first (call on the main thread)."""
-        out = []
-        while True:
-            try:
-                out.append(self._events.get_nowait())
-            except queue.Empty:
-                return out
+        return drain(self._events)
 
     @property
     def busy(self) -> bool:

@@ -7,6 +7,7 @@ turns progress into one JSON object per stdout line for subprocess use (Slicer r
 from __future__ import annotations
 
 import json
+import queue
 import sys
 import threading
 from collections.abc import Callable
@@ -19,6 +20,16 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 3
+
+
+def drain(q: queue.Queue | queue.SimpleQueue) -> list:
+    """Everything in ``q`` now, oldest first, without waiting (a worker's events read on the UI thread)."""
+    out = []
+    while True:
+        try:
+            out.append(q.get_nowait())
+        except queue.Empty:
+            return out
 
 
 class Cancelled(Exception):

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 from sammed.jobs import Cancelled
 from sammed.jobs import CancelToken
+from sammed.jobs import drain
 
 
 def propagationModule():
@@ -134,9 +135,4 @@ class PropagationWorker:
 
     def drain(self) -> list[tuple]:
         """All messages posted since the last call, oldest first (call on the main thread)."""
-        messages = []
-        while True:
-            try:
-                messages.append(self._queue.get_nowait())
-            except queue.Empty:
-                return messages
+        return drain(self._queue)
