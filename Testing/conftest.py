@@ -26,6 +26,17 @@ MR_LABELS = _data_file("totalseg_mr", "example_seg_mr.nii.gz")
 CT_LABEL_IDS = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 5}
 
 
+def require(module: str, hint: str):
+    """Import ``module`` or fail loudly with ``hint``: the test command installs every test dependency, so a
+    missing one is an error to fix, never a reason to skip tests quietly."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        pytest.fail(f"{module} is missing ({exc}); {hint}", pytrace=False)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_home(tmp_path_factory):
     """Keep tests away from the user's ~/.cache/sammed (unless SAMMED_TEST_HOME points to a warm cache)."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import require
 
-pytest.importorskip("torch", reason="SAMassist trains with torch")
+require("torch", "SAMassist trains with torch: run bash scripts/test.sh, which installs it")
 
 from sammed import assist  # noqa: E402
 from sammed.evaluate.assist import choose_training_slices  # noqa: E402

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import require
 from sammed.backends.fake import FakeBackend
 from sammed.cli import main
 from sammed.io import Volume
@@ -78,7 +79,7 @@ def test_labelmap_of_wrong_shape_leaves_target_as_it_was(tmp_path):
 
 
 def test_seg_nrrd_is_readable_by_slicerio(tmp_path):
-    slicerio = pytest.importorskip("slicerio", reason="slicerio is part of the test extras")
+    slicerio = require("slicerio", "it is part of the test extras: run bash scripts/test.sh")
     vol = Volume(np.zeros((4, 5, 6), np.int16), spacing_ijk=(1, 2, 3))
     labels = np.zeros((4, 5, 6), np.uint8)
     labels[1, 2, 3] = 1

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 
-pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
+require("slicer", "real MRML needs slicer-core: run bash scripts/test.sh (pip install slicer-core)")
 
 ROOT = Path(__file__).resolve().parents[1]
 for sub in ("SAMMedAnnotator", "SAMMedAuto"):

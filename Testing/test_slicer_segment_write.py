@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import require
 
-slicer = pytest.importorskip("slicer", reason="needs slicer-core (pip install slicer-core) for real MRML")
+slicer = require("slicer", "real MRML needs slicer-core: run bash scripts/test.sh (pip install slicer-core)")
 
 import slicer_scene  # noqa: E402
 from sammed import geometry  # noqa: E402
