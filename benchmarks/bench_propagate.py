@@ -55,6 +55,7 @@ def main() -> int:
     from sammed.io import read_volume
     from sammed.models import load_backend
     from sammed.propagate import propagate
+    from sammed.propagate.refine import seed_from_box
     from sammed.segmenter import Segmenter
 
     ap = argparse.ArgumentParser()
@@ -67,7 +68,7 @@ def main() -> int:
     backend = TimedBackend(load_backend("litemedsam", device="cpu"))
     seg = Segmenter(vol, backend, cache=EmbeddingCache())  # fresh, memory only: every slice is encoded once
     s = int(ref.sum(axis=(1, 2)).argmax())
-    seed = seg.segment(0, s, box_xyxy=geometry.box_from_mask(ref[s])).mask_hw  # the user's box: not timed below
+    seed, _ = seed_from_box(seg, 0, s, geometry.box_from_mask(ref[s]))  # the user's box: not timed below
     backend.encode_s.clear()
     backend.decode_s.clear()
     if a.generator == "sliding":

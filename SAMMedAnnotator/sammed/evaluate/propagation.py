@@ -10,6 +10,8 @@ Per label:
   only SAP-Net uses them); the reference masks of these slices are the user's annotation.
 - ``oracle_box`` (not a generator): a tight reference box on every foreground slice, no propagation. It bounds
   what any box-prompted generator can reach with this model, and so tells model errors from propagation errors.
+- ``oracle_box_refined``: the same with each slice's mask redrawn by intensity inside its box, as a box seed is
+  (``sammed.propagate.refine.seed_from_box``): the bound of the generators with refinement.
 
 Volume Dice is over the whole volume (user slices included, as in the papers).
 """
@@ -25,12 +27,19 @@ import numpy as np
 from .metrics import dice
 
 ORACLE = "oracle_box"  # not a generator: the model's own bound (``run_oracle``)
+ORACLE_REFINED = "oracle_box_refined"  # the same, each slice's mask refined as a box seed (``refine.seed_from_box``)
+ORACLES = (ORACLE, ORACLE_REFINED)
+_PAPER = dict(refine=None)  # the paper's rows: SAM refines the coarse masks, no intensity refinement (ours)
 ABLATION = (
-    ("prototypes only (PANet on SAM features)", dict(sap_use_fcn=False, sap_use_pe=False, sap_loss="ce", sap_topk=0)),
-    ("+ FCN", dict(sap_use_fcn=True, sap_use_pe=False, sap_loss="ce", sap_topk=0)),
-    ("+ position encoding (SAP-Net)", dict(sap_use_fcn=True, sap_use_pe=True, sap_loss="ce", sap_topk=0)),
-    ("+ biased Dice", dict(sap_use_fcn=True, sap_use_pe=True, sap_loss="biased_dice", sap_topk=0)),
-    ("+ top-K post-processing", dict(sap_use_fcn=True, sap_use_pe=True, sap_loss="biased_dice", sap_topk=1)),
+    ("prototypes only (PANet on SAM features)",
+     dict(_PAPER, sap_use_fcn=False, sap_use_pe=False, sap_loss="ce", sap_topk=0)),
+    ("+ FCN", dict(_PAPER, sap_use_fcn=True, sap_use_pe=False, sap_loss="ce", sap_topk=0)),
+    ("+ position encoding (SAP-Net)", dict(_PAPER, sap_use_fcn=True, sap_use_pe=True, sap_loss="ce", sap_topk=0)),
+    ("+ biased Dice", dict(_PAPER, sap_use_fcn=True, sap_use_pe=True, sap_loss="biased_dice", sap_topk=0)),
+    ("+ top-K post-processing",
+     dict(_PAPER, sap_use_fcn=True, sap_use_pe=True, sap_loss="biased_dice", sap_topk=1)),
+    ("+ intensity refinement (ours, the default)", dict(sap_use_fcn=True, sap_use_pe=True, sap_loss="biased_dice",
+                                                       sap_topk=1)),
 )
 
 
@@ -62,24 +71,26 @@ def _slices(ref_kji: np.ndarray, axis: int, idx: list[int]) -> dict[int, np.ndar
     return {int(i): extract_slice(ref_kji, axis, int(i)).astype(bool) for i in idx}
 
 
-def run_oracle(segmenter, ref_kji: np.ndarray, axis: int = 0) -> dict:
+def run_oracle(segmenter, ref_kji: np.ndarray, axis: int = 0, refine: float | None = None) -> dict:
     """Upper bound of every box-prompted generator: a tight box from the reference on every foreground slice.
 
-    No propagation and no stop rule: what the model gives when each slice gets the best box. A generator cannot
-    beat this by much, so when it is low the model, not the propagation, is what fails.
+    No propagation and no stop rule: what the model gives when each slice gets the best box (and, with ``refine``
+    a weight, its mask redrawn by intensity inside the box as ``seed_from_box`` does). A generator cannot beat this
+    by much, so when it is low the model, not the propagation, is what fails.
     """
     from .. import geometry
+    from ..propagate.refine import seed_from_box
 
     t0 = time.perf_counter()
     out = np.zeros_like(ref_kji, dtype=bool)
     per = {}
     for i in geometry.foreground_slices(ref_kji, axis):
         ref_hw = geometry.extract_slice(ref_kji, axis, i)
-        m = segmenter.segment(axis, i, box_xyxy=geometry.box_from_mask(ref_hw)).mask_hw
+        m, _ = seed_from_box(segmenter, axis, i, geometry.box_from_mask(ref_hw), refine)
         geometry.insert_slice(out, axis, i, m)
         per[int(i)] = round(dice(m, ref_hw), 4)
-    return {"generator": ORACLE, "dice": round(dice(out, ref_kji), 4), "slice_dice": per,
-            "seconds": round(time.perf_counter() - t0, 2)}
+    return {"generator": ORACLE if refine is None else ORACLE_REFINED, "dice": round(dice(out, ref_kji), 4),
+            "slice_dice": per, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def run_one(segmenter, ref_kji: np.ndarray, generator: str, axis: int = 0, seed: int = 0, config=None,
@@ -88,18 +99,19 @@ def run_one(segmenter, ref_kji: np.ndarray, generator: str, axis: int = 0, seed:
     from .. import geometry
     from ..propagate import PropagationConfig
     from ..propagate import propagate
+    from ..propagate.refine import seed_from_box
 
     config = config or PropagationConfig()
     ref = np.asarray(ref_kji, bool)
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    if generator == ORACLE:
-        return run_oracle(segmenter, ref, axis)
+    if generator in ORACLES:
+        return run_oracle(segmenter, ref, axis, config.refine if generator == ORACLE_REFINED else None)
     if generator == "sliding":
         other = tuple(a for a in range(3) if a != axis)
         s = int(ref.sum(axis=other).argmax())
         box = geometry.box_from_mask(geometry.extract_slice(ref, axis, s))
-        seed_mask = segmenter.segment(axis, s, box_xyxy=box).mask_hw
+        seed_mask, _ = seed_from_box(segmenter, axis, s, box, config.refine)
         user = {s: seed_mask}
         annotated = {"seed": s, "box": [float(v) for v in box]}
     else:
@@ -123,7 +135,7 @@ def run_one(segmenter, ref_kji: np.ndarray, generator: str, axis: int = 0, seed:
 
 
 def run_propagation_protocol(segmenter, labels_kji: np.ndarray, label_ids: dict[str, int] | list[int],
-                             generators=("sliding", "threshold", "sapnet", ORACLE), seed: int = 0, progress=None,
+                             generators=("sliding", "threshold", "sapnet", *ORACLES), seed: int = 0, progress=None,
                              axis: int = 0, config=None, ablation: bool = True, ablation_labels=None) -> dict:
     """Run every generator on every label, plus the SAP-Net ablation.
 
@@ -131,11 +143,11 @@ def run_propagation_protocol(segmenter, labels_kji: np.ndarray, label_ids: dict[
         segmenter: a Segmenter on the image.
         labels_kji: KxJxI integer reference label map on the image grid.
         label_ids: {name: value} (or a list of values, named by value).
-        generators: subset of ``sammed.propagate.GENERATORS``, plus ``ORACLE`` (a tight reference box on every
-            foreground slice: the bound of the box-prompted generators).
+        generators: subset of ``sammed.propagate.GENERATORS``, plus ``ORACLES`` (a tight reference box on every
+            foreground slice, without and with refinement: the bounds of the box-prompted generators).
         seed: random seed of the slice choice and training.
         progress: ``progress(fraction, message)``.
-        ablation: also run the 5 rows of ``ABLATION`` (SAP-Net) on ``ablation_labels`` (default: all labels).
+        ablation: also run the rows of ``ABLATION`` (SAP-Net) on ``ablation_labels`` (default: all labels).
 
     Returns:
         ``{"results": {label: {generator: {...}}}, "ablation": {row: {label: dice}}, "config": ...}``.
@@ -187,7 +199,7 @@ def _fmt(v) -> str:
 def propagation_markdown(result: dict) -> str:
     """Markdown tables: Dice per label and generator; the SAP-Net ablation (coarse / after SAM)."""
     res = result["results"]
-    order = ("sliding", "threshold", "sapnet", ORACLE)
+    order = ("sliding", "threshold", "sapnet", *ORACLES)
     gens = sorted({g for r in res.values() for g in r}, key=order.index)
     lines = ["| label | " + " | ".join(gens) + " |", "|---|" + "---|" * len(gens)]
     for name, r in res.items():
@@ -221,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("labels")
     p.add_argument("--labels-json", help="labels.json with names (TotalSegmentator example format)")
     p.add_argument("--ids", required=True, help="label values, e.g. 1,2,3,5")
-    p.add_argument("--generators", default=f"sliding,threshold,sapnet,{ORACLE}")
+    p.add_argument("--generators", default=",".join(("sliding", "threshold", "sapnet", *ORACLES)))
     p.add_argument("--ablation-ids", help="label values for the SAP-Net ablation (default: none)")
     p.add_argument("--cache-dir")
     p.add_argument("--seed", type=int, default=0)

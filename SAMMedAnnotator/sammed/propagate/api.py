@@ -116,7 +116,14 @@ class PropagationConfig:
             as Slide-SAM; a different context means different embeddings, encoded once and cached).
         fill_only_empty: kept True: only slices without user annotation are filled (user slices never change).
         seed: random seed (threshold point sampling, SAP-Net training).
+        refine: redraw each mask SAM gives the sliding window or SAP-Net inside its prompt box, from intensity
+            (target vs surroundings histograms of the user's slices) plus this weight x SAM's logit
+            (``refine.refine_mask``); None switches it off. A box seed (``refine.seed_from_box``) is redrawn the
+            same way inside the user's box.
     Sliding window:
+        refine_reach: how many pixels a redrawn mask may reach beyond SAM's mask (0: it only removes pixels;
+            None: anywhere in the box grown by 1 pixel). Growing let CT masks leak into touching organs of the
+            same density, slice after slice (CT spleen 0.960 -> 0.912), so the window's masks only shrink.
         margin: pixels added on each side of the box of the previous mask.
         opening: iterations of the 3x3 morphological opening applied to the previous mask before its box.
         keep_connected: keep only the parts of a new mask that touch the previous mask (grown by 2 pixels).
@@ -135,7 +142,9 @@ class PropagationConfig:
         sap_epochs, sap_lr, sap_alpha (cosine scale), sap_beta (FP weight of the biased Dice), sap_sigma (Fourier
         B ~ N(0, sigma^2)), sap_pe_dim, sap_hidden, sap_use_fcn, sap_use_pe, sap_loss (``biased_dice``, ``dice``
         or ``ce``), sap_topk (components kept, 0 = no post-processing), sap_refine (SAM refines the coarse masks
-        from a box prompt grown by sap_margin pixels), sap_min_area (coarse masks smaller than this are empty).
+        from a box prompt grown by sap_margin pixels), sap_min_area (coarse masks smaller than this are empty),
+        sap_refine_reach (``refine_reach`` for SAP-Net's masks: None, because each box comes from the slice's own
+        coarse mask, so a grown mask does not carry over to the next slice).
     """
 
     rules: StopRules = field(default_factory=StopRules)
@@ -147,6 +156,8 @@ class PropagationConfig:
     keep_connected: bool = True
     trim: float | None = 0.05
     trim_core_radius: float = 12.0
+    refine: float | None = 0.25
+    refine_reach: int | None = 0
     n_points: int = 5
     threshold_k: float = 2.0
     threshold_update: float = 0.3
@@ -165,6 +176,7 @@ class PropagationConfig:
     sap_refine: bool = True
     sap_min_area: int = 10
     sap_margin: float = 1.5  # + the half pixel of the box edge convention = 2 px
+    sap_refine_reach: int | None = None
 
 
 class Context:

@@ -27,13 +27,14 @@ def register(subparsers) -> None:
     p.add_argument("--label", type=int, help="label value of the target in --seed (needed if it holds several)")
     p.add_argument("--slices", help="use only these annotated slices of --seed, e.g. 40,52,60")
     p.add_argument("--background-slices", help="SAP-Net: slices annotated as 'target absent', e.g. 5,100")
-    p.add_argument("--box", help="x0,y0,x1,y1 on --slice: SAM's mask from this box is the seed")
+    p.add_argument("--box", help="x0,y0,x1,y1 on --slice: SAM's mask from this tight box, refined, is the seed")
     p.add_argument("--slice", type=int, help="slice of --box")
     p.add_argument("--axis", default="axial", help="axial, coronal, sagittal or array axis 0/1/2 (KJI)")
     p.add_argument("--generator", choices=GENERATORS, default="sliding")
     p.add_argument("--range", help="first,last slice the generator may fill (default: all)")
     p.add_argument("--context", choices=["repeat", "adjacent"], help="slice context of the encoder input")
     p.add_argument("--margin", type=float, help="sliding window: box margin in pixels")
+    p.add_argument("--refine", help="intensity refinement: weight of SAM's logit (default 0.25), or 'off'")
     p.add_argument("--min-iou", type=float, help="stop rule: minimum predicted IoU")
     p.add_argument("--epochs", type=int, help="SAP-Net training steps")
     p.add_argument("--seed-value", type=int, default=0, help="random seed")
@@ -99,6 +100,7 @@ def cmd_propagate(args) -> int:
     from ..jobs import JsonLinesReporter
     from .api import PropagationConfig
     from .api import propagate
+    from .refine import seed_from_box
 
     out = Path(args.output)
     if not out.parent.exists():
@@ -125,9 +127,14 @@ def cmd_propagate(args) -> int:
         box = parse_floats(args.box, 4, "--box x0,y0,x1,y1")
         geometry.check_index(volume.shape_kji, axis, args.slice)
         geometry.check_box(box, geometry.slice_shape(volume.shape_kji, axis))
-        seg = make_segmenter(args, volume)
-        masks = {args.slice: seg.segment(axis, args.slice, box_xyxy=box).mask_hw}
     cfg = PropagationConfig(seed=args.seed_value)
+    if args.refine is not None:
+        cfg.refine = None if args.refine.strip().lower() == "off" else parse_floats(args.refine, 1, "--refine")[0]
+        if cfg.refine is not None and cfg.refine < 0:
+            raise ValueError(f"--refine must be a weight >= 0 or 'off'; got {args.refine}.")
+    if args.box is not None:
+        seg = make_segmenter(args, volume)
+        masks = {args.slice: seed_from_box(seg, axis, args.slice, box, cfg.refine)[0]}
     if args.context:
         cfg.context = args.context
     if args.margin is not None:

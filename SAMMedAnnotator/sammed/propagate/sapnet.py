@@ -28,6 +28,9 @@ from scipy import ndimage
 from .. import geometry
 from .api import Context
 from .api import SliceRecord
+from .refine import box_region
+from .refine import model_from_masks
+from .refine import refine_mask
 from .stop import embedding_on_slice
 from .stop import resize_mask
 
@@ -230,6 +233,7 @@ def run_sapnet(ctx: Context) -> None:
     stack = top_k_components(stack, cfg.sap_topk)
     ctx.info["coarse_voxels"] = int(sum(stack[pos[i]].sum() for i in targets))
     ctx.coarse = {i: stack[pos[i]] for i in targets}
+    intensity = model_from_masks(ctx.user, ctx.image) if cfg.sap_refine and cfg.refine is not None else None
     for k, i in enumerate(targets):
         if ctx.stop_requested():
             return
@@ -243,6 +247,9 @@ def run_sapnet(ctx: Context) -> None:
             box = geometry.box_from_mask(cm, cfg.sap_margin)
             res = ctx.seg.segment(ctx.axis, i, box_xyxy=box)
             m = res.mask_hw
+            if intensity is not None:
+                m = refine_mask(m, res.logits_hw, ctx.image(i), intensity, box_region(m.shape, box, grow=1),
+                                cfg.refine, cfg.sap_refine_reach)
             prompt = {"box": [round(float(v), 2) for v in box]}
             if m.sum() < cfg.sap_min_area:
                 ctx.record(SliceRecord(i, "empty", prompt, float(res.iou), int(m.sum()), "area"))

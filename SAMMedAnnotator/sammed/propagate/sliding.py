@@ -19,6 +19,9 @@ from scipy import ndimage
 from .. import geometry
 from .api import Context
 from .api import SliceRecord
+from .refine import box_region
+from .refine import model_from_masks
+from .refine import refine_mask
 from .stop import build_target
 from .stop import embedding_on_slice
 from .stop import evidence
@@ -125,18 +128,26 @@ def step(ctx: Context, index: int, prev_hw: np.ndarray, target, direction: int,
     if cfg.keep_connected and raw.any():
         raw = keep_touching(raw, prev_hw)
     mask = raw
+    model = target.extra.get("intensity_model")
+    if model is not None and raw.any():
+        mask = refine_mask(raw, res.logits_hw, ctx.image(index), model, box_region(raw.shape, box, grow=1),
+                           cfg.refine, cfg.refine_reach)
+        if cfg.keep_connected:
+            mask = keep_touching(mask, prev_hw)
     trimmed = 0
-    if cfg.trim is not None and raw.any():
-        core = trim_to_core(raw, ctx.image(index), target.extra["core_range"], cfg.opening, cfg.trim_core_radius)
-        if core.any() and core.sum() < (1.0 - cfg.trim) * raw.sum():
+    if cfg.trim is not None and mask.any():
+        core = trim_to_core(mask, ctx.image(index), target.extra["core_range"], cfg.opening, cfg.trim_core_radius)
+        if core.any() and core.sum() < (1.0 - cfg.trim) * mask.sum():
+            trimmed = int(mask.sum() - core.sum())
             mask = keep_touching(core, prev_hw) if cfg.keep_connected else core
-            trimmed = int(raw.sum() - mask.sum())
     target.extra["neighbour_range"] = intensity_range(ctx.image(index - direction), prev_hw, cfg.rules)
     emb = slice_embedding(ctx, index) if cfg.rules.feature_margin is not None and mask.any() else None
     ev = evidence(mask, res.iou, ctx.image(index), target, prev_hw, emb, cfg.rules)
-    if trimmed:
-        # The intensity rule judges what the model found, not the trimmed mask (consistent by construction).
+    if mask is not raw:
+        # The intensity rule judges what the model found, not the refined mask (consistent by construction).
         ev["intensity_fraction"] = intensity_fraction(raw, ctx.image(index), target, cfg.rules)
+        ev["model_area"] = int(raw.sum())
+    if trimmed:
         ev["trimmed"] = trimmed
     ctx.info.setdefault("evidence", {})[int(index)] = {k: (round(v, 4) if isinstance(v, float) else v)
                                                        for k, v in ev.items()}
@@ -172,6 +183,8 @@ def run_sliding(ctx: Context) -> None:
     target = seed_target(ctx, ctx.user)
     if ctx.config.trim is not None:
         target.extra["core_range"] = core_range(ctx.user, ctx.image, ctx.config.rules)
+    if ctx.config.refine is not None:
+        target.extra["intensity_model"] = model_from_masks(ctx.user, ctx.image)
     ctx.info["target"] = {"area": target.area, "intensity": [target.intensity_lo, target.intensity_hi]}
     for n, s in enumerate(seeds):
         nxt = seeds[n + 1] if n + 1 < len(seeds) else None
