@@ -72,6 +72,8 @@ class SAMMedAutoParameterNode:
     orientation: the slice orientation to propagate along. rangeROI: limits the slices (whole axis if None).
     minIoU, minOverlap, maxGrowth: stop rules. lowConfidence: generated slices below this predicted IoU are flagged.
     useLearnedPromptEncoder: use the SAMassist prompt encoder learned in SAMMed Annotator when there is one.
+    refineByIntensity: redraw each generated mask inside its box from intensity and the model's logits
+        (``sammed.propagate.refine``); off gives the model's masks as they are.
     """
 
     sourceVolume: vtkMRMLScalarVolumeNode | None
@@ -85,6 +87,7 @@ class SAMMedAutoParameterNode:
     maxGrowth: Annotated[float, WithinRange(1.0, 10.0)] = 1.6
     lowConfidence: Annotated[float, WithinRange(0.0, 1.0)] = 0.8
     useLearnedPromptEncoder: bool = True
+    refineByIntensity: bool = True
 
 
 #
@@ -369,13 +372,16 @@ class SAMMedAutoLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def makeConfig(parameterNode):
-        """``PropagationConfig`` with the stop rules of the parameter node."""
+        """``PropagationConfig`` with the stop rules and the refinement switch of the parameter node."""
         from sammed.propagate.stop import StopRules
         from SAMMedAutoLib.PropagationWorker import propagationModule
 
         rules = StopRules(min_iou=parameterNode.minIoU, min_overlap=parameterNode.minOverlap,
                           max_growth=parameterNode.maxGrowth)
-        return propagationModule().PropagationConfig(rules=rules)
+        config = propagationModule().PropagationConfig(rules=rules)
+        if not parameterNode.refineByIntensity:
+            config.refine = None
+        return config
 
     # ------------------------------------------------------------------ run
     def state(self) -> str:
