@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import slicer
 import vtk
+from sammed import geometry
 from sammed.cache import EmbeddingCache
 from sammed.jobs import Cancelled
 from sammed.segmenter import Segmenter
@@ -375,7 +376,7 @@ class Annotator:
         if self.segmenter is None or volumeNode is None:
             raise ValueError("Select a volume first.")
         array = SegmentWrite.segmentArray(segmentationNode, segmentID, volumeNode)
-        indices = SegmentWrite.annotatedSlices(segmentationNode, segmentID, volumeNode, axis)
+        indices = geometry.foreground_slices(array, axis)  # the exported array, not a second export
         if not indices:
             raise ValueError("Segment a few slices first: SAMassist learns from the slices you have segmented.")
         assist = assistModule()  # imports torch: only once there is something to learn from

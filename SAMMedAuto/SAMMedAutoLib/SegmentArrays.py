@@ -61,9 +61,7 @@ def setSegmentMask(segmentationNode, segmentID: str, mask_kji: np.ndarray, volum
 
 def annotatedSlices(mask_kji: np.ndarray, axis: int) -> list[int]:
     """Indices of the slices on ``axis`` where ``mask_kji`` has any voxel."""
-    geometry.check_axis(axis)
-    other = tuple(a for a in range(3) if a != axis)
-    return [int(i) for i in np.flatnonzero(np.asarray(mask_kji).any(axis=other))]
+    return geometry.foreground_slices(mask_kji, axis)
 
 
 def slicesMask(shape_kji: tuple[int, int, int], axis: int, indices) -> np.ndarray:

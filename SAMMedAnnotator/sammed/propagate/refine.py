@@ -71,9 +71,9 @@ def fit_intensity_model(samples, bins: int = 48) -> IntensityModel | None:
     return IntensityModel(float(lo), float(hi), _log_hist(fg, lo, hi, bins), _log_hist(bg, lo, hi, bins))
 
 
-def interior(mask_hw: np.ndarray) -> np.ndarray:
-    """The mask eroded by one pixel (the mask itself if that leaves nothing): no partial-volume rim."""
-    inner = ndimage.binary_erosion(mask_hw)
+def interior(mask_hw: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """The mask eroded by ``iterations`` pixels (the mask itself if that leaves nothing): no partial-volume rim."""
+    inner = ndimage.binary_erosion(mask_hw, iterations=iterations)
     return inner if inner.any() else mask_hw
 
 
@@ -119,6 +119,12 @@ def refine_mask(mask_hw: np.ndarray, logits_hw: np.ndarray, image_hw: np.ndarray
     # the opening cuts thin bridges to other structures; what it shaved off the kept parts' edges comes back
     kept = cand & ndimage.binary_dilation(np.isin(lab, keep))
     return ndimage.binary_fill_holes(kept)
+
+
+def refine_in_box(mask_hw: np.ndarray, logits_hw: np.ndarray, image_hw: np.ndarray, model: IntensityModel,
+                  box_xyxy, weight: float, reach: int | None) -> np.ndarray:
+    """``refine_mask`` inside a prompt box grown by 1 pixel (the generators' boxes are not tight)."""
+    return refine_mask(mask_hw, logits_hw, image_hw, model, box_region(mask_hw.shape, box_xyxy, grow=1), weight, reach)
 
 
 def seed_from_box(segmenter, axis: int, index: int, box_xyxy, weight: float | None = 0.25):

@@ -28,9 +28,8 @@ from scipy import ndimage
 from .. import geometry
 from .api import Context
 from .api import SliceRecord
-from .refine import box_region
 from .refine import model_from_masks
-from .refine import refine_mask
+from .refine import refine_in_box
 from .stop import embedding_on_slice
 from .stop import resize_mask
 
@@ -248,8 +247,7 @@ def run_sapnet(ctx: Context) -> None:
             res = ctx.seg.segment(ctx.axis, i, box_xyxy=box)
             m = res.mask_hw
             if intensity is not None:
-                m = refine_mask(m, res.logits_hw, ctx.image(i), intensity, box_region(m.shape, box, grow=1),
-                                cfg.refine, cfg.sap_refine_reach)
+                m = refine_in_box(m, res.logits_hw, ctx.image(i), intensity, box, cfg.refine, cfg.sap_refine_reach)
             prompt = {"box": [round(float(v), 2) for v in box]}
             if m.sum() < cfg.sap_min_area:
                 ctx.record(SliceRecord(i, "empty", prompt, float(res.iou), int(m.sum()), "area"))

@@ -19,9 +19,9 @@ from scipy import ndimage
 from .. import geometry
 from .api import Context
 from .api import SliceRecord
-from .refine import box_region
+from .refine import interior
 from .refine import model_from_masks
-from .refine import refine_mask
+from .refine import refine_in_box
 from .stop import build_target
 from .stop import embedding_on_slice
 from .stop import evidence
@@ -67,8 +67,7 @@ def core_range(seeds: dict[int, np.ndarray], image_fn, rules, erode: int = 1) ->
     for i, m in seeds.items():
         if not m.any():
             continue
-        inner = ndimage.binary_erosion(m, iterations=erode) if erode else m
-        vals.append(image_fn(i)[inner if inner.any() else m].ravel())
+        vals.append(image_fn(i)[interior(m, erode) if erode else m].ravel())
     return widened_range(np.concatenate(vals), rules.intensity_quantiles, rules.intensity_tolerance)
 
 
@@ -130,8 +129,7 @@ def step(ctx: Context, index: int, prev_hw: np.ndarray, target, direction: int,
     mask = raw
     model = target.extra.get("intensity_model")
     if model is not None and raw.any():
-        mask = refine_mask(raw, res.logits_hw, ctx.image(index), model, box_region(raw.shape, box, grow=1),
-                           cfg.refine, cfg.refine_reach)
+        mask = refine_in_box(raw, res.logits_hw, ctx.image(index), model, box, cfg.refine, cfg.refine_reach)
         if cfg.keep_connected:
             mask = keep_touching(mask, prev_hw)
     trimmed = 0

@@ -21,16 +21,15 @@ propagations gets the majority vote of their masks (ties count as foreground).
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from .api import Context
 from .api import SliceRecord
+from .refine import interior
 
 
 def sample_points(mask_hw: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """Up to ``n`` (x, y) points drawn uniformly inside the mask (eroded by one pixel if that leaves something)."""
-    inner = ndimage.binary_erosion(mask_hw)
-    rows, cols = np.nonzero(inner if inner.any() else mask_hw)
+    rows, cols = np.nonzero(interior(mask_hw))
     if rows.size == 0:
         return np.zeros((0, 2))
     pick = rng.choice(rows.size, size=min(n, rows.size), replace=False)
