@@ -1,7 +1,8 @@
 """SAMMedAnnotator: segment CT/MR slices with Segment-Anything-family models from box and point prompts.
 
-Module, parameter node, widget, logic and self-test. The MRML work lives in ``SAMMedAnnotatorLib`` (tested
-outside Slicer with slicer-core) and the model work in the ``sammed`` package installed next to this file.
+Module, parameter node, widget, logic and self-test. The annotator's MRML work lives in ``SAMMedAnnotatorLib``,
+what it shares with SAMMed Auto and the Segment Editor effect in ``SAMMedLib`` (both tested outside Slicer with
+slicer-core), and the model work in the ``sammed`` package.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import qt
 import slicer
 import vtk
@@ -35,12 +35,6 @@ PRESET_NAMES = ["auto", "ct_abdomen", "ct_lung", "ct_bone", "ct_brain", "slidesa
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 POLL_INTERVAL_MS = 100
 PREVIEW_DELAY_MS = 200
-LICENCE_SETTING = "SAMMed/AcceptedLicence/"
-
-
-#
-# Module
-#
 
 
 class SAMMedAnnotator(ScriptedLoadableModule):
@@ -63,21 +57,21 @@ class SAMMedAnnotator(ScriptedLoadableModule):
 
 
 def registerSegmentEditorEffect():
-    """Add the SAMMed effect to the Segment Editor (after startup, when the effect factory exists)."""
+    """Add the SAMMed effect to the Segment Editor (after startup, when the effect factory exists).
+
+    The effect's package is imported first: ``setPythonSource`` then finds the effect class in ``sys.modules`` under
+    the folder's name and uses it, instead of loading the file over that name (SegmentEditorSAMMedLib/__init__.py).
+    """
     try:
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
     except ImportError:
         logging.warning("SAMMed: the Segment Editor is not available; its SAMMed effect is not registered.")
         return
+    import SegmentEditorSAMMedLib
+
     instance = effects.qSlicerSegmentEditorScriptedEffect(None)
-    path = Path(__file__).resolve().parent / "SAMMedAnnotatorLib" / "SegmentEditorEffect.py"
-    instance.setPythonSource(path.as_posix())
+    instance.setPythonSource((Path(SegmentEditorSAMMedLib.__file__).parent / "SegmentEditorEffect.py").as_posix())
     instance.self().register()
-
-
-#
-# Parameter node
-#
 
 
 @parameterNodeWrapper
@@ -106,20 +100,8 @@ class SAMMedAnnotatorParameterNode:
     useLearnedPrompts: bool = True
 
 
-#
-# Widget
-#
-
-
 class SAMMedAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Binds the UI to the parameter node, shows state and progress, asks before installs and downloads."""
-
-    PROMPT_EVENTS = (
-        slicer.vtkMRMLMarkupsNode.PointAddedEvent,
-        slicer.vtkMRMLMarkupsNode.PointRemovedEvent,
-        slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent,
-        slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
-    )
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -127,8 +109,6 @@ class SAMMedAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._promptNodes = []
-        self._shortcuts = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -156,14 +136,21 @@ class SAMMedAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             placeWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
         self.ui.boxPlaceWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup
 
+        from SAMMedAnnotatorLib.WidgetHelpers import PromptWatcher
+        from SAMMedAnnotatorLib.WidgetHelpers import Shortcuts
+
         self.pollTimer = qt.QTimer()
         self.pollTimer.setInterval(POLL_INTERVAL_MS)
         self.pollTimer.connect("timeout()", self.onPoll)
-        self.previewTimer = qt.QTimer()
-        self.previewTimer.setSingleShot(True)
-        self.previewTimer.setInterval(PREVIEW_DELAY_MS)
-        self.previewTimer.connect("timeout()", self.onPreviewTimer)
-        self._previewing = False
+        self.prompts = PromptWatcher(lambda: self.runPreview(showErrors=False), PREVIEW_DELAY_MS)
+        self.shortcuts = Shortcuts(
+            [
+                ("Shift+P", lambda: self.ui.positivePlaceWidget.setPlaceModeEnabled(True)),
+                ("Shift+N", lambda: self.ui.negativePlaceWidget.setPlaceModeEnabled(True)),
+                ("Shift+A", self.onApplyButton),
+                ("Ctrl+Z", self.onUndoButton),
+            ]
+        )
 
         self.setRunning(False)
         self.initializeParameterNode()
@@ -172,33 +159,35 @@ class SAMMedAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ lifecycle
     def cleanup(self) -> None:
         self.removeObservers()
-        self._removeShortcuts()
+        self.shortcuts.remove()
+        self.prompts.stop()
         self.pollTimer.stop()
-        self.previewTimer.stop()
         if self.logic:
             self.logic.cleanup()
 
     def enter(self) -> None:
         self.initializeParameterNode()
-        self._installShortcuts()
+        self.shortcuts.install()
         self.pollTimer.start()
 
     def exit(self) -> None:
-        self._removeShortcuts()
+        self.shortcuts.remove()
         for placeWidget in (self.ui.boxPlaceWidget, self.ui.positivePlaceWidget, self.ui.negativePlaceWidget):
             placeWidget.setPlaceModeEnabled(False)
         self.setParameterNode(None)
 
     def onReload(self) -> None:
-        """Reload ``sammed`` and ``SAMMedAnnotatorLib`` (in import order) before the module itself."""
+        """Reload ``sammed``, ``SAMMedLib`` and ``SAMMedAnnotatorLib`` (in import order) before the module itself;
+        the shared session is ended so new classes are used."""
         import importlib
         import sys
 
-        if self.logic:
-            self.logic.cleanup()  # drops the segmenter and worker, so new classes are used
-        names = [n for n in list(sys.modules) if n.split(".")[0] in ("sammed", "SAMMedAnnotatorLib")]
+        from SAMMedLib import ModelSession
+
+        ModelSession.resetSharedSession()
+        names = [n for n in list(sys.modules) if n.split(".")[0] in ("sammed", "SAMMedLib", "SAMMedAnnotatorLib")]
         for name in names:
-            if sys.modules.get(name) is not None and name != "SAMMedAnnotatorLib.SegmentEditorEffect":
+            if sys.modules.get(name) is not None:
                 importlib.reload(sys.modules[name])
         ScriptedLoadableModuleWidget.onReload(self)
 
@@ -228,9 +217,11 @@ class SAMMedAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        self._observePrompts(p)
         if p is None:
+            self.prompts.stop()
             return
+        self.prompts.watch([p.boxNode, p.positivePoints, p.negativePoints])
+        self.prompts.enabled = p.autoPreview
         self.ui.segmentSelector.setCurrentNode(p.segmentation)
         if p.segmentID and self.ui.segmentSelector.currentSegmentID() != p.segmentID:
             self.ui.segmentSelector.setCurrentSegmentID(p.segmentID)
@@ -242,7 +233,7 @@ class SAMMedAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.enabled = ready and bool(p.segmentation) and bool(p.segmentID)
         self.ui.precomputeButton.enabled = ready
         self.ui.learnButton.enabled = ready and bool(p.segmentation) and bool(p.segmentID)
-        self.ui.modelStatusLabel.text = self.logic.modelStatusText(p.modelId)
+        self.ui.modelStatusLabel.text = self._modelStatusText(p.modelId)
         self.logic.configure(p)
 
     def onSegmentChanged(self, segmentID) -> None:
@@ -250,35 +241,10 @@ class SAMMedAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.segmentID = segmentID or ""
 
     # ------------------------------------------------------------------ prompts
-    def _observePrompts(self, p) -> None:
-        nodes = [] if p is None else [n for n in (p.boxNode, p.positivePoints, p.negativePoints) if n]
-        if nodes == self._promptNodes:
-            return
-        for node in self._promptNodes:
-            for event in self.PROMPT_EVENTS:
-                self.removeObserver(node, event, self.onPromptModified)
-        for node in nodes:
-            for event in self.PROMPT_EVENTS:
-                self.addObserver(node, event, self.onPromptModified)
-        self._promptNodes = nodes
-
-    def onPromptModified(self, caller, event) -> None:
-        self.logic.lastPromptNode = caller
-        if self._parameterNode is not None and self._parameterNode.autoPreview:
-            self.previewTimer.start()  # debounce: restarts on every change
-
-    def onPreviewTimer(self) -> None:
-        if self._previewing:  # re-entrancy guard
-            return
-        self._previewing = True
-        try:
-            self.runPreview(showErrors=False)
-        finally:
-            self._previewing = False
-
     def runPreview(self, showErrors: bool = True):
         if not self.ensureModelReady():
             return None
+        self.logic.lastPromptNode = self.prompts.lastNode or self.logic.lastPromptNode
         try:
             result = self.logic.preview()
         except ValueError as exc:
@@ -290,7 +256,8 @@ class SAMMedAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.sliceLabel.text = _("Encoding this slice...")
         else:
             self.ui.sliceLabel.text = _("Slice {index} on axis {axis}: predicted IoU {iou:.2f}").format(
-                index=result.index, axis=result.axis, iou=result.iou)
+                index=result.index, axis=result.axis, iou=result.iou
+            )
         return result
 
     def onPreviewButton(self) -> None:
@@ -302,8 +269,9 @@ class SAMMedAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay(_("Writing the segment failed."), waitCursor=True):
             result = self.logic.apply()
-            self.ui.statusLabel.text = _("Wrote slice {index} (axis {axis}).").format(index=result.index,
-                                                                                   axis=result.axis)
+            self.ui.statusLabel.text = _("Wrote slice {index} (axis {axis}).").format(
+                index=result.index, axis=result.axis
+            )
 
     def onUndoButton(self) -> None:
         if not self.logic.undo():
@@ -311,29 +279,6 @@ class SAMMedAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onClearPrompts(self) -> None:
         self.logic.clearPrompts(self._parameterNode)
-
-    def _installShortcuts(self) -> None:
-        if self._shortcuts:
-            return
-        window = slicer.util.mainWindow()
-        for keys, slot in (
-            ("Shift+P", lambda: self._placePoint(self.ui.positivePlaceWidget)),
-            ("Shift+N", lambda: self._placePoint(self.ui.negativePlaceWidget)),
-            ("Shift+A", self.onApplyButton),
-            ("Ctrl+Z", self.onUndoButton),
-        ):
-            shortcut = qt.QShortcut(qt.QKeySequence(keys), window)
-            shortcut.connect("activated()", slot)
-            self._shortcuts.append(shortcut)
-
-    def _removeShortcuts(self) -> None:
-        for shortcut in self._shortcuts:
-            shortcut.disconnect("activated()")
-            shortcut.setParent(None)
-        self._shortcuts = []
-
-    def _placePoint(self, placeWidget) -> None:
-        placeWidget.setPlaceModeEnabled(True)
 
     # ------------------------------------------------------------------ background work
     def onPrecomputeButton(self) -> None:
@@ -373,9 +318,9 @@ class SAMMedAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setRunning(False)
             self.ui.statusLabel.text = _("Failed: {error}").format(error=event.error)
         elif event.kind == "done" and event.name == "encode":
-            self.previewTimer.start()  # the slice the user prompts on is ready: decode now
+            self.prompts.timer.start()  # the slice the user prompts on is ready: decode now
         elif event.kind == "done" and event.name == "download":
-            self.ui.modelStatusLabel.text = self.logic.modelStatusText(self._parameterNode.modelId)
+            self.ui.modelStatusLabel.text = self._modelStatusText(self._parameterNode.modelId)
             self.ui.statusLabel.text = _("Model downloaded and verified; place or change a prompt to segment.")
         elif event.kind == "done" and event.name == "learn":
             self.setRunning(False)
@@ -387,100 +332,74 @@ class SAMMedAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ model, dependencies, cache
     def ensureModelReady(self) -> bool:
         """Install missing packages and torch, show the model licence, download weights, each after asking."""
-        from SAMMedAnnotatorLib import Dependencies
+        from SAMMedLib import Dependencies
 
-        if self.logic.backendInjected:
-            return True
-        torchProblem = Dependencies.torchProblem()
-        if torchProblem:
-            if not slicer.util.confirmOkCancelDisplay(torchProblem + "\n\n" + _("Install PyTorch now?")):
-                return False
-            with slicer.util.tryWithErrorDisplay(_("PyTorch could not be installed."), waitCursor=True):
-                Dependencies.installTorch(askConfirmation=False)
-        problems = Dependencies.check()
-        if problems:
-            text = _("SAMMed needs these Python packages:") + "\n" + "\n".join(p.describe() for p in problems)
-            if not slicer.util.confirmOkCancelDisplay(text + "\n\n" + _("Install them now?")):
-                return False
-            with slicer.util.tryWithErrorDisplay(_("Installing packages failed."), waitCursor=True):
-                Dependencies.installPackages(problems)
-        modelId = self._parameterNode.modelId
-        info = self.logic.modelInfo(modelId)
-        settings = qt.QSettings()
-        if not settings.value(LICENCE_SETTING + modelId):
-            text = _("Model {model}: {description}\nLicence: {licence}. Size: {size} MB.").format(
-                model=modelId, description=info["description"], licence=info["licence"], size=info["size_mb"])
-            if not slicer.util.confirmOkCancelDisplay(text + "\n\n" + _("Accept the licence and use this model?")):
-                return False
-            settings.setValue(LICENCE_SETTING + modelId, True)
-        if not info["present"] and info["downloadable"]:
-            text = _("Download the {model} weights ({size} MB)? They are checked with SHA256.").format(
-                model=modelId, size=info["size_mb"])
-            if not slicer.util.confirmOkCancelDisplay(text):
-                return False
-            self.logic.startDownload(modelId)  # background, with progress and Cancel
+        session = self.logic.session
+
+        def startDownload(model: str) -> None:
+            session.startDownload(model)  # background, with progress and Cancel
             self.setRunning(True)
-            self.ui.statusLabel.text = _("Downloading {model}...").format(model=modelId)
-            return False
-        return True
+            self.ui.statusLabel.text = _("Downloading {model}...").format(model=model)
+
+        return session.backendInjected or Dependencies.ensureModelReadyInApp(self._parameterNode.modelId, startDownload)
+
+    @staticmethod
+    def _modelStatusText(modelId: str) -> str:
+        from SAMMedLib import Dependencies
+
+        return Dependencies.modelStatusText(modelId)
 
     def onClearCacheButton(self) -> None:
-        freed = self.logic.clearDiskCache()
+        freed = self.logic.diskCache().clear_disk()
         self.ui.statusLabel.text = _("Freed {mb:.1f} MB of cached embeddings.").format(mb=freed / 1e6)
         self.updateCacheButton()
 
     def updateCacheButton(self) -> None:
-        size = self.logic.diskCacheBytes()
+        size = self.logic.diskCache().disk_usage()[1]
         self.ui.clearCacheButton.text = _("Clear cache ({mb:.1f} MB)").format(mb=size / 1e6)
 
 
-#
-# Logic
-#
-
-
 class SAMMedAnnotatorLogic(ScriptedLoadableModuleLogic):
-    """Working state of the annotator: one ``SAMMedAnnotatorLib.Annotator`` (segmenter, cache, worker thread).
+    """Working state of the annotator: one ``SAMMedAnnotatorLib.Annotator`` in the shared ``ModelSession``.
 
     Reads all choices from the parameter node; reports worker events through ``onEvent``; opens no dialogs.
 
     Args:
-        backend: a ``sammed`` backend to use instead of loading ``modelId`` (tests pass ``FakeBackend``).
+        session: the ``SAMMedLib.ModelSession`` to work in (default: the application's shared session).
     """
 
-    def __init__(self, backend=None) -> None:
+    def __init__(self, session=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._injectedBackend = backend
+        self._session = session
         self._annotator = None
-        self._backendKey = None
         self.onEvent = None
-        self.lastResult = None
         self.lastPromptNode = None
-        self.lastAppliedAxis = 0
 
     def getParameterNode(self):
         return SAMMedAnnotatorParameterNode(super().getParameterNode())
 
     @property
-    def backendInjected(self) -> bool:
-        return self._injectedBackend is not None
+    def session(self):
+        from SAMMedLib.ModelSession import sharedSession
+
+        return self._session or sharedSession()
 
     def setBackend(self, backend) -> None:
         """Use ``backend`` from now on (None: load the parameter node's model on first use)."""
-        self._injectedBackend = backend
-        if self._annotator is not None:
-            self._annotator.setBackend(backend, self._loadBackend)
+        self.session.setBackend(backend)
 
     @property
     def annotator(self):
-        if self._annotator is None:
-            from sammed.cache import EmbeddingCache
+        if self._annotator is None or self._annotator.session is not self.session:
             from SAMMedAnnotatorLib.Annotator import Annotator
 
             os.environ.setdefault("SAMMED_HOME", str(Path(slicer.app.cachePath) / "SAMMed"))
             self._annotator = Annotator(
-                slicer.mrmlScene, backend=self._injectedBackend, backendFactory=self._loadBackend,
-                cache=EmbeddingCache(), appLogic=slicer.app.applicationLogic(), onEvent=self._forwardEvent)
+                slicer.mrmlScene,
+                session=self.session,
+                appLogic=slicer.app.applicationLogic(),
+                onEvent=self._forwardEvent,
+            )
             self.configure(self.getParameterNode())
         return self._annotator
 
@@ -488,23 +407,16 @@ class SAMMedAnnotatorLogic(ScriptedLoadableModuleLogic):
         if self.onEvent is not None:
             self.onEvent(event)
 
-    def _loadBackend(self):
-        from sammed import models
-
-        p = self.getParameterNode()
-        return models.load_backend(p.modelId, device=p.device)
-
     def configure(self, p) -> None:
-        """Apply model/device/cache choices; a new model or device rebuilds the backend on next use."""
-        if self._annotator is None or p is None:
+        """Apply model, device, intensity and cache choices to the shared session."""
+        if p is None:
             return
-        key = (p.modelId, p.device)
-        if self._backendKey is not None and key != self._backendKey and not self.backendInjected:
-            self._annotator.setBackend(None, self._loadBackend)
-        self._backendKey = key
-        self._annotator.cache.disk_dir = self.diskCacheFolder() if p.useDiskCache else None
-        if self._annotator.segmenter is not None:
-            self._annotator.segmenter.use_learned = bool(p.useLearnedPrompts)
+        self.session.configure(
+            p.modelId, p.device, p.intensityPreset, self.diskCache().disk_dir if p.useDiskCache else None
+        )
+        segmenter = self._annotator.segmenter if self._annotator is not None else None
+        if segmenter is not None:
+            segmenter.use_learned = bool(p.useLearnedPrompts)
 
     def cleanup(self) -> None:
         if self._annotator is not None:
@@ -513,92 +425,41 @@ class SAMMedAnnotatorLogic(ScriptedLoadableModuleLogic):
 
     @property
     def busy(self) -> bool:
-        return self._annotator is not None and self._annotator.worker.busy
+        return self.session.worker.busy
 
     def poll(self):
         return self._annotator.poll() if self._annotator is not None else []
 
     # ------------------------------------------------------------------ prompts and slices
+    def markups(self, p):
+        """The prompt markups of the parameter node (``SAMMedAnnotatorLib.Annotator.PromptMarkups``)."""
+        from SAMMedAnnotatorLib.Annotator import PromptMarkups
+
+        return PromptMarkups(p.boxNode, p.positivePoints, p.negativePoints, self.lastPromptNode)
+
     def ensurePromptNodes(self, p) -> None:
         """Create the prompt markups nodes (box ROI, positive and negative point lists) if missing."""
-        scene = slicer.mrmlScene
-        if p.boxNode is None:
-            p.boxNode = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "SAMMed box")
-        if p.positivePoints is None:
-            node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "SAMMed positive")
-            node.GetDisplayNode().SetSelectedColor(0.1, 0.9, 0.2)
-            p.positivePoints = node
-        if p.negativePoints is None:
-            node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "SAMMed negative")
-            node.GetDisplayNode().SetSelectedColor(0.95, 0.2, 0.2)
-            p.negativePoints = node
+        markups = self.markups(p)
+        markups.create(slicer.mrmlScene)
+        p.boxNode, p.positivePoints, p.negativePoints = markups.box, markups.positive, markups.negative
 
     def clearPrompts(self, p) -> None:
-        for node in (p.boxNode, p.positivePoints, p.negativePoints):
-            if node is not None:
-                node.RemoveAllControlPoints()
+        self.markups(p).clear()
         self.annotator.clearPreview()
-        self.lastResult = None
-
-    def _sliceNodes(self):
-        nodes = [slicer.mrmlScene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
-                 for i in range(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSliceNode"))]
-        order = {"Red": 0, "Yellow": 1, "Green": 2}
-        nodes = sorted(nodes, key=lambda n: order.get(n.GetLayoutName(), 3))
-        # the view under the mouse when the prompt was placed comes first (a point on the line where two views
-        # cross lies in both planes)
-        crosshair = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
-        if crosshair is not None:
-            xyz = [0.0, 0.0, 0.0]
-            hovered = crosshair.GetCursorPositionXYZ(xyz)
-            if hovered is not None:
-                nodes.sort(key=lambda n: n.GetID() != hovered.GetID())  # stable: the hovered view first
-        return nodes
-
-    def promptSlice(self, p) -> tuple[int, int]:
-        """(axis, index) of the slice the prompts were placed on: the view holding the last-changed prompt."""
-        from SAMMedAnnotatorLib import VolumeAccess
-
-        candidates = [self.lastPromptNode] + [p.boxNode, p.positivePoints, p.negativePoints]
-        for node in candidates:
-            if node is None or node.GetNumberOfControlPoints() == 0:
-                continue
-            if node.IsA("vtkMRMLMarkupsROINode"):
-                center = [0.0, 0.0, 0.0]
-                node.GetCenterWorld(center)
-                point = np.array(center)
-            else:
-                point = VolumeAccess.controlPointsWorld(node)[-1]
-            return self.annotator.sliceForPoint(p.inputVolume, point, self._sliceNodes())
-        raise ValueError(_("Place a box or a point in a slice view first."))
 
     def preview(self, wait: bool = False):
         """Decode the prompts on their slice and show the mask; None while that slice is being encoded."""
         p = self.getParameterNode()
-        annotator = self.annotator
-        annotator.setVolume(p.inputVolume, None if p.intensityPreset == "auto" else p.intensityPreset)
         self.configure(p)
-        axis, index = self.promptSlice(p)
-        prompts = annotator.promptsFromMarkups(p.inputVolume, axis, index, p.boxNode, p.positivePoints,
-                                               p.negativePoints)
-        result = annotator.segment(prompts, wait=wait)
-        if result is not None:
-            annotator.showPreview(result, p.inputVolume)
-            self.lastResult = result
-            if p.precomputeRadius > 0:
-                annotator.precompute(axis, index, p.precomputeRadius)
-        return result
+        return self.annotator.previewMarkups(p.inputVolume, self.markups(p), wait, p.precomputeRadius)
 
     def apply(self):
         """Decode the current prompts (encoding the slice now if needed) and write the mask into the segment."""
         p = self.getParameterNode()
-        if p.segmentation is None or not p.segmentID:
-            raise ValueError(_("Select a segmentation and a segment to write into."))
-        result = self.preview(wait=True)
-        self.annotator.apply(result, p.segmentation, p.segmentID, p.inputVolume)
-        self.lastAppliedAxis = result.axis
-        self.clearPrompts(p)
-        return result
+        self.configure(p)
+        return self.annotator.applyMarkups(
+            p.inputVolume, self.markups(p), p.segmentation, p.segmentID, p.precomputeRadius
+        )
 
     def undo(self) -> bool:
         return self.annotator.undo()
@@ -606,183 +467,39 @@ class SAMMedAnnotatorLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------------ background work
     def precomputeAroundView(self) -> int:
         p = self.getParameterNode()
-        annotator = self.annotator
-        annotator.setVolume(p.inputVolume, None if p.intensityPreset == "auto" else p.intensityPreset)
-        try:
-            axis, index = self.promptSlice(p)
-        except ValueError:
-            red = slicer.mrmlScene.GetNodeByID("vtkMRMLSliceNodeRed")
-            axis, index = annotator.sliceFromView(p.inputVolume, red.GetSliceToRAS())
-        annotator.requestEncode(axis, index)
-        return 1 + annotator.precompute(axis, index, p.precomputeRadius)
+        self.configure(p)
+        red = slicer.mrmlScene.GetNodeByID("vtkMRMLSliceNodeRed")
+        return self.annotator.precomputeAround(p.inputVolume, self.markups(p), red, p.precomputeRadius)
 
     def cancel(self) -> int:
         return self._annotator.cancel() if self._annotator is not None else 0
 
     def learnCase(self) -> int:
         p = self.getParameterNode()
+        self.configure(p)
         annotator = self.annotator
-        annotator.setVolume(p.inputVolume, None if p.intensityPreset == "auto" else p.intensityPreset)
-        # the axis the user has been segmenting (prompts are cleared after Apply)
-        axis = self.lastResult.axis if self.lastResult is not None else self.lastAppliedAxis
-        return annotator.learnCase(p.segmentation, p.segmentID, axis)
+        annotator.setVolume(p.inputVolume)
+        return annotator.learnCase(p.segmentation, p.segmentID, annotator.lastAxis)
 
-    # ------------------------------------------------------------------ models and cache
-    def modelInfo(self, modelId: str) -> dict:
-        """Description, licence, size and whether the weights are here (not hashed here: loading verifies them)."""
-        from sammed import models
-
-        spec = models.get_spec(modelId)
-        return {
-            "description": spec.description,
-            "licence": spec.licence,
-            "size_mb": round(spec.size / 1e6, 1),
-            "present": models.weights_path(spec) is not None,
-            "downloadable": bool(spec.url),
-        }
-
-    def modelStatusText(self, modelId: str) -> str:
-        try:
-            info = self.modelInfo(modelId)
-        except ValueError as exc:
-            return str(exc)
-        if info["present"]:
-            state = _("weights present (SHA256 checked when loaded)")
-        else:
-            state = _("download on first use") if info["downloadable"] else _("installed on first use")
-        return f"{info['description']} ({info['licence']}, {info['size_mb']} MB): {state}"
-
-    def startDownload(self, modelId: str) -> int:
-        """Download a model's weights on the worker thread (SHA256-checked, written atomically by ``sammed``)."""
-        from sammed import models
-        from sammed.jobs import Cancelled
-
-        def job(progress, shouldStop):
-            def report(done: int, total: int) -> None:
-                if shouldStop():
-                    raise Cancelled("Download cancelled; nothing was kept.")
-                progress(done / max(total, 1), f"Downloading {modelId}: {done / 1e6:.0f} of {total / 1e6:.0f} MB")
-
-            return str(models.download_weights(modelId, progress=report))
-
-        return self.annotator.worker.submit("download", job)
-
+    # ------------------------------------------------------------------ cache
     @staticmethod
-    def diskCacheFolder() -> Path:
-        return Path(slicer.app.cachePath) / "SAMMed" / "embeddings"
-
-    def diskCacheBytes(self) -> int:
+    def diskCache():
+        """The disk tier of the embedding cache under Slicer's cache folder (for its size and Clear)."""
         from sammed.cache import EmbeddingCache
 
-        return EmbeddingCache(max_bytes=0, disk_dir=self.diskCacheFolder()).disk_usage()[1]
-
-    def clearDiskCache(self) -> int:
-        from sammed.cache import EmbeddingCache
-
-        return EmbeddingCache(max_bytes=0, disk_dir=self.diskCacheFolder()).clear_disk()
-
-
-#
-# Test
-#
+        return EmbeddingCache(max_bytes=0, disk_dir=Path(slicer.app.cachePath) / "SAMMed" / "embeddings")
 
 
 class SAMMedAnnotatorTest(ScriptedLoadableModuleTest):
-    """Drives the annotator through its widget on a synthetic volume with the fake (analytic) backend."""
+    """Self-tests inside Slicer; the tests are in ``SAMMedAnnotatorLib/SelfTests.py`` (they assert on the widget, the
+    scene and the written segments)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_BoxPromptPreviewApplyUndo()
-        self.setUp()
-        self.test_RemovingVolumeCancelsEmbedding()
+        from SAMMedAnnotatorLib import SelfTests
 
-    def _cubeScene(self):
-        """A 40x48x48 volume (1 x 1 x 2 mm) with a bright 24x24 cube on slices 10..29, and a segment."""
-        volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Cube")
-        array_kji = np.zeros((40, 48, 48), np.int16)
-        array_kji[10:30, 12:36, 12:36] = 200
-        volume.SetSpacing(1.0, 1.0, 2.0)
-        slicer.util.updateVolumeFromArray(volume, array_kji)
-        volume.CreateDefaultDisplayNodes()
-        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Segmentation")
-        segmentation.CreateDefaultDisplayNodes()
-        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-        segmentID = segmentation.GetSegmentation().AddEmptySegment("cube")
-        slicer.util.setSliceViewerLayers(background=volume, fit=True)
-        return volume, segmentation, segmentID
-
-    def _widget(self):
-        slicer.util.selectModule("SAMMedAnnotator")
-        widget = slicer.modules.sammedannotator.widgetRepresentation().self()
-        from sammed.backends.fake import FakeBackend
-
-        self.backend = FakeBackend(encode_delay=0.02)
-        widget.logic.setBackend(self.backend)
-        return widget
-
-    def _waitForWorker(self, widget, timeout=20.0):
-        self.assertTrue(widget.logic.annotator.worker.waitIdle(timeout))
-        widget.onPoll()
-
-    def test_BoxPromptPreviewApplyUndo(self):
-        volume, segmentation, segmentID = self._cubeScene()
-        widget = self._widget()
-        p = widget.logic.getParameterNode()
-        p.inputVolume = volume
-        p.segmentation = segmentation
-        p.segmentID = segmentID
-        p.autoPreview = False
-        red = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
-        red.SetOrientation("Axial")
-        index = 20
-        red.SetSliceOffset(volume.GetOrigin()[2] + 2.0 * index)
-        from SAMMedAnnotatorLib import VolumeAccess
-
-        corners = VolumeAccess.sliceXYToWorld(volume, 0, index, [[8.0, 8.0], [39.0, 39.0]])
-        p.boxNode.SetCenterWorld(*((corners[0] + corners[1]) / 2))
-        p.boxNode.SetSizeWorld(*(np.abs(corners[1] - corners[0]) + [0, 0, 1.0]))
-        widget.logic.lastPromptNode = p.boxNode
-        crosshair = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
-        crosshair.SetCursorPositionXYZ([0.0, 0.0, 0.0], red)  # as if the box was just drawn in the Red view
-
-        result = widget.runPreview()
-        if result is None:  # the slice was queued for encoding first
-            self._waitForWorker(widget)
-            result = widget.runPreview()
-        self.assertIsNotNone(result)
-        self.assertEqual((result.axis, result.index), (0, index))
-        self.assertEqual(int(result.mask_hw.sum()), 24 * 24)
-        encodes = self.backend.encode_calls
-        self.assertIsNotNone(widget.runPreview())
-        self.assertEqual(self.backend.encode_calls, encodes, "a second prompt on the slice encodes nothing")
-
-        widget.onApplyButton()
-        written = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentID, volume)
-        self.assertEqual(int(written.sum()), 24 * 24)
-        self.assertEqual(int(written[index].sum()), 24 * 24)
-        self.assertEqual(p.boxNode.GetNumberOfControlPoints(), 0, "prompts are cleared after Apply")
-
-        widget.onUndoButton()
-        written = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentID, volume)
-        self.assertEqual(int(written.sum()), 0)
-        self._waitForWorker(widget)
-
-    def test_RemovingVolumeCancelsEmbedding(self):
-        volume, segmentation, segmentID = self._cubeScene()
-        widget = self._widget()
-        self.backend.encode_delay = 0.1
-        p = widget.logic.getParameterNode()
-        p.inputVolume = volume
-        annotator = widget.logic.annotator
-        annotator.setVolume(volume)
-        annotator.precompute(0, 20, radius=None)
-        slicer.mrmlScene.RemoveNode(volume)
-        self.assertIsNone(annotator.segmenter)
-        self.assertTrue(annotator.worker.waitIdle(5.0))
-        self.assertLess(self.backend.encode_calls, 40)
-        events = widget.logic.poll()
-        self.assertIn("cancelled", [e.kind for e in events])
-        self.assertEqual(annotator.cache.memory_bytes, 0)
+        for test in SelfTests.TESTS:
+            self.setUp()
+            test(self)

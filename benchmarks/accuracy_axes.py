@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "Testing"))
+from sammed import geometry
+from sammed.demo import example_paths
+from sammed.evaluate.metrics import dice
+from sammed.io import read_volume
+from sammed.models import load_backend
+from sammed.segmenter import Segmenter
 
-from conftest import CT_IMAGE  # noqa: E402
-from conftest import CT_LABELS  # noqa: E402
-from conftest import largest_slice  # noqa: E402
-from sammed import geometry  # noqa: E402
-from sammed.evaluate.metrics import dice  # noqa: E402
-from sammed.io import read_volume  # noqa: E402
-from sammed.models import load_backend  # noqa: E402
-from sammed.segmenter import Segmenter  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 LABELS = {"liver": 5, "spleen": 1, "kidney_right": 2, "kidney_left": 3}
 
@@ -34,7 +30,8 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "accuracy_axes.json"))
     args = ap.parse_args()
-    volume, labels = read_volume(CT_IMAGE), read_volume(CT_LABELS)
+    paths = example_paths()
+    volume, labels = read_volume(paths["ct"]), read_volume(paths["ct_labels"])
     seg = Segmenter(volume, load_backend("litemedsam", device=args.device))
     rows = {}
     for name, value in LABELS.items():
@@ -42,19 +39,25 @@ def main() -> int:
         for orientation in ("axial", "coronal", "sagittal"):
             axis = geometry.axis_for_orientation(volume.direction_lps, orientation)
             mask = labels.array_kji == value
-            index = largest_slice(mask, axis)
+            index = geometry.largest_slice(mask, axis)
             ref = geometry.extract_slice(mask, axis, index)
             result = seg.segment(axis, index, box_xyxy=geometry.box_from_mask(ref))
-            rows[name][orientation] = {"slice": index, "dice": round(dice(result.mask_hw, ref), 4),
-                                       "predicted_iou": round(result.iou, 4)}
+            rows[name][orientation] = {
+                "slice": index,
+                "dice": round(dice(result.mask_hw, ref), 4),
+                "predicted_iou": round(result.iou, 4),
+            }
     lines = ["| label | axial | coronal | sagittal |", "|---|---|---|---|"]
     for name, r in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r[o]['dice']:.3f} (slice {r[o]['slice']})"
-                                                 for o in ("axial", "coronal", "sagittal")) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{r[o]['dice']:.3f} (slice {r[o]['slice']})" for o in ("axial", "coronal", "sagittal"))
+            + " |"
+        )
     print("\n".join(lines))
-    Path(args.out).write_text(json.dumps({"image": CT_IMAGE.name, "model": "litemedsam", "rows": rows}, indent=1))
+    Path(args.out).write_text(json.dumps({"image": paths["ct"].name, "model": "litemedsam", "rows": rows}, indent=1))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

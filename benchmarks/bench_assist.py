@@ -22,9 +22,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CT = ROOT.parent / "shared" / "data" / "totalseg_ct"
-if not CT.exists():
-    CT = ROOT / "Testing" / "Data"
 
 
 def main() -> None:
@@ -38,17 +35,20 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+
     from sammed.assist import AssistConfig
     from sammed.assist import annotations_from_labels
     from sammed.assist import fit_prompt_encoder
     from sammed.cache import EmbeddingCache
+    from sammed.demo import example_paths
     from sammed.evaluate.assist import choose_training_slices
     from sammed.io import read_volume
     from sammed.models import load_backend
     from sammed.segmenter import Segmenter
 
-    volume = read_volume(CT / "example_ct.nii.gz")
-    labels = read_volume(CT / "example_seg_fast_force_split.nii.gz").array_kji
+    paths = example_paths()
+    volume = read_volume(paths["ct"])
+    labels = read_volume(paths["ct_labels"]).array_kji
     backend = load_backend("litemedsam", device="cpu")
     seg = Segmenter(volume, backend, cache=EmbeddingCache(disk_dir=args.cache_dir))
     fg = np.flatnonzero((labels == args.label).any(axis=(1, 2))).tolist()
@@ -64,22 +64,38 @@ def main() -> None:
             t0, c0 = time.perf_counter(), time.process_time()
             learned = fit_prompt_encoder(seg, masks, target=f"label-{args.label}", config=cfg)
             total, cpu = time.perf_counter() - t0, time.process_time() - c0
-            row = {"slices": n, "repeat": r, "fit_seconds": round(learned.seconds, 2), "call_seconds": round(total, 2),
-                   "steps": learned.steps_done, "prompts_decoded": learned.steps_done * n * cfg.prompts_per_slice,
-                   "seconds_per_prompt": round(learned.seconds / (learned.steps_done * n * cfg.prompts_per_slice), 4),
-                   "final_loss": round(learned.history[-1], 4), "loadavg_1min_before": round(load, 2),
-                   "cpu_seconds": round(cpu, 2), "idle_2core_estimate_seconds": round(cpu / 2, 2)}
+            row = {
+                "slices": n,
+                "repeat": r,
+                "fit_seconds": round(learned.seconds, 2),
+                "call_seconds": round(total, 2),
+                "steps": learned.steps_done,
+                "prompts_decoded": learned.steps_done * n * cfg.prompts_per_slice,
+                "seconds_per_prompt": round(learned.seconds / (learned.steps_done * n * cfg.prompts_per_slice), 4),
+                "final_loss": round(learned.history[-1], 4),
+                "loadavg_1min_before": round(load, 2),
+                "cpu_seconds": round(cpu, 2),
+                "idle_2core_estimate_seconds": round(cpu / 2, 2),
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
     result = {
-        "benchmark": "assist_fit_time", "model": backend.model_id, "device": "cpu", "label": args.label,
-        "config": vars(cfg), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(), "rows": rows,
-        "median_fit_seconds": {str(n): float(np.median([r["fit_seconds"] for r in rows if r["slices"] == n]))
-                               for n in (2, 5)},
+        "benchmark": "assist_fit_time",
+        "model": backend.model_id,
+        "device": "cpu",
+        "label": args.label,
+        "config": vars(cfg),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "rows": rows,
+        "median_fit_seconds": {
+            str(n): float(np.median([r["fit_seconds"] for r in rows if r["slices"] == n])) for n in (2, 5)
+        },
         "median_idle_2core_estimate_seconds": {
             str(n): float(np.median([r["idle_2core_estimate_seconds"] for r in rows if r["slices"] == n]))
-            for n in (2, 5)},
+            for n in (2, 5)
+        },
         "targets_seconds": {"2": 10.0, "5": 25.0},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

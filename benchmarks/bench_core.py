@@ -21,16 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "Testing"))
+from sammed import geometry
+from sammed.demo import example_paths
+from sammed.io import read_volume
+from sammed.models import load_backend
+from sammed.prompts import Prompts
+from sammed.segmenter import Segmenter
 
-from conftest import CT_IMAGE  # noqa: E402
-from conftest import CT_LABELS  # noqa: E402
-from sammed import geometry  # noqa: E402
-from sammed.backends.base import Prompts  # noqa: E402
-from sammed.io import read_volume  # noqa: E402
-from sammed.models import load_backend  # noqa: E402
-from sammed.segmenter import Segmenter  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def pct(values, q):
@@ -47,11 +45,12 @@ def main() -> int:
 
     import torch
 
-    volume, labels = read_volume(CT_IMAGE), read_volume(CT_LABELS)
+    paths = example_paths()
+    volume, labels = read_volume(paths["ct"]), read_volume(paths["ct_labels"])
     backend = load_backend("litemedsam", device=args.device)
     seg = Segmenter(volume, backend)
     liver = labels.array_kji == 5
-    idx = int(liver.sum(axis=(1, 2)).argmax())
+    idx = geometry.largest_slice(liver, 0)
     ref = liver[idx]
     box = geometry.box_from_mask(ref)
 
@@ -68,7 +67,7 @@ def main() -> int:
     rows, cols = np.nonzero(ref)
     encodes_before = seg.cache.stats.encodes
     emb32 = np.array(seg.embedding(0, idx), dtype=np.float32)
-    grid = seg.grid(0)
+    geom = seg.input_geometry(0)
     full, bare = [], []
     for r in range(args.repeats + 5):
         k = rng.integers(len(rows))
@@ -76,10 +75,9 @@ def main() -> int:
         t = time.perf_counter()
         seg.segment(0, idx, box_xyxy=box, points_xy=pts, point_labels=[1])
         t_full = time.perf_counter() - t
-        prompts = Prompts(points_xy=grid.points_to_model(pts), point_labels=np.array([1]),
-                          box_xyxy=grid.box_to_model(box))
+        prompts = Prompts.make(box, pts, [1]).checked(ref.shape)
         t = time.perf_counter()
-        backend.decode(emb32, prompts, grid.model_shape_hw, ref.shape)
+        backend.decode(emb32, prompts, geom)
         t_bare = time.perf_counter() - t
         if r >= 5:  # warm-up
             full.append(t_full)

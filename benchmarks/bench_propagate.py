@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CT = ROOT.parent / "shared" / "data" / "totalseg_ct"
 
 
 class TimedBackend:
@@ -31,6 +30,7 @@ class TimedBackend:
         self.inner = inner
         self.model_id = inner.model_id
         self.preprocessing_id = inner.preprocessing_id
+        self.image_size = inner.image_size
         self.embedding_shape = inner.embedding_shape
         self.weights_sha256 = inner.weights_sha256
         self.encode_s: list[float] = []
@@ -52,10 +52,11 @@ class TimedBackend:
 def main() -> int:
     from sammed import geometry
     from sammed.cache import EmbeddingCache
+    from sammed.demo import example_paths
     from sammed.io import read_volume
     from sammed.models import load_backend
     from sammed.propagate import propagate
-    from sammed.propagate.refine import seed_from_box
+    from sammed.propagate import seed_from_box
     from sammed.segmenter import Segmenter
 
     ap = argparse.ArgumentParser()
@@ -63,11 +64,12 @@ def main() -> int:
     ap.add_argument("--generator", default="sliding")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "propagate.json"))
     a = ap.parse_args()
-    vol = read_volume(CT / "example_ct.nii.gz")
-    ref = read_volume(CT / "example_seg_fast_force_split.nii.gz").array_kji == a.label
+    paths = example_paths()
+    vol = read_volume(paths["ct"])
+    ref = read_volume(paths["ct_labels"]).array_kji == a.label
     backend = TimedBackend(load_backend("litemedsam", device="cpu"))
     seg = Segmenter(vol, backend, cache=EmbeddingCache())  # fresh, memory only: every slice is encoded once
-    s = int(ref.sum(axis=(1, 2)).argmax())
+    s = geometry.largest_slice(ref, 0)
     seed, _ = seed_from_box(seg, 0, s, geometry.box_from_mask(ref[s]))  # the user's box: not timed below
     backend.encode_s.clear()
     backend.decode_s.clear()

@@ -1,56 +1,64 @@
-"""The annotator's working state outside Qt: volume -> segmenter, prompts from markups, preview, writes, jobs.
+"""The annotator's working state outside Qt: prompts from markups, decoding, preview, writes, background jobs.
 
-``Annotator`` takes the scene, a backend (or a factory) and optionally a cache; it observes the scene so that
-removing the segmented volume or closing the scene cancels its jobs and releases its embeddings. The module's
-Logic is a thin owner of one ``Annotator``; pytest drives it with ``slicer-core`` (no Qt: call ``poll()``).
+``Annotator`` works on one volume at a time through a ``SAMMedLib.ModelSession`` (model, embedding cache,
+segmenters and worker shared with SAMMed Auto and the Segment Editor effect). The module's Logic is a thin owner of
+one ``Annotator``; pytest drives it with ``slicer-core`` (no Qt: call ``poll()`` where the widget's QTimer would).
 Uses only ``slicer`` MRML classes, ``vtk``, ``numpy`` and ``sammed``.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import slicer
-import vtk
+
 from sammed import geometry
+from sammed import jobs
 from sammed.cache import EmbeddingCache
-from sammed.jobs import Cancelled
+from sammed.prompts import Prompts
 from sammed.segmenter import Segmenter
 from sammed.segmenter import SliceResult
-
-from . import SegmentWrite
-from . import VolumeAccess
-from .Worker import Worker
-from .Worker import WorkerEvent
+from SAMMedLib import SegmentIO
+from SAMMedLib import VolumeAccess
+from SAMMedLib.ModelSession import DEFAULT_PRECOMPUTE_RADIUS
+from SAMMedLib.ModelSession import ModelSession
 
 PREVIEW_NODE_NAME = "SAMMed preview"
 PREVIEW_COLOR = (1.0, 0.85, 0.1)
-DEFAULT_PRECOMPUTE_RADIUS = 8  # slices each side of the current one
 
 
 @dataclass
-class SlicePrompts:
-    """Prompts on one slice, in its pixel frame (``sammed.geometry``).
+class PromptMarkups:
+    """The markups nodes that hold the prompts: a box (ROI, or a point list whose last two points on the slice are
+    its corners), positive and negative point lists, and the node the user changed last (its view is the slice)."""
 
-    Attributes:
-        axis, index: the slice.
-        box_xyxy: (4,) XYXY inclusive pixel box, or None.
-        points_xy: Nx2 (x = column, y = row), or None.
-        point_labels: N ints, 1 positive / 0 negative, or None.
-    """
+    box: Any = None
+    positive: Any = None
+    negative: Any = None
+    last: Any = None
 
-    axis: int
-    index: int
-    box_xyxy: np.ndarray | None = None
-    points_xy: np.ndarray | None = None
-    point_labels: np.ndarray | None = None
+    def create(self, scene) -> None:
+        """Add the missing nodes to ``scene`` (box ROI, green positive and red negative point lists)."""
+        if self.box is None:
+            self.box = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "SAMMed box")
+        for name, field, color in (
+            ("SAMMed positive", "positive", (0.1, 0.9, 0.2)),
+            ("SAMMed negative", "negative", (0.95, 0.2, 0.2)),
+        ):
+            if getattr(self, field) is None:
+                node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+                node.CreateDefaultDisplayNodes()
+                node.GetDisplayNode().SetSelectedColor(*color)
+                setattr(self, field, node)
 
-    @property
-    def empty(self) -> bool:
-        return self.box_xyxy is None and (self.points_xy is None or len(self.points_xy) == 0)
+    def clear(self) -> None:
+        """Remove every control point."""
+        for node in (self.box, self.positive, self.negative):
+            if node is not None:
+                node.RemoveAllControlPoints()
 
 
 class Annotator:
@@ -58,104 +66,80 @@ class Annotator:
 
     Args:
         scene: the ``vtkMRMLScene``.
-        backend: a ``sammed`` backend, or None to call ``backendFactory`` on first use.
-        backendFactory: ``() -> backend`` (e.g. ``lambda: models.load_backend("litemedsam")``), called lazily.
-        cache: embedding cache (a memory-only one is made if None).
+        backend, backendFactory, cache: for a session of its own (tests), see ``ModelSession``.
         editorNode: the ``vtkMRMLSegmentEditorNode`` whose masking/overwrite settings writes honour
             (default: the Segment Editor module's node in the scene).
-        onEvent: called on the main thread for every worker event (from ``poll``) and for ``released``.
+        onEvent: called on the main thread for every worker event (from ``poll``).
+        session: the ``ModelSession`` to work in (the module passes the shared one); None: a session of its own.
     """
 
-    def __init__(self, scene, backend=None, backendFactory: Callable[[], object] | None = None,
-                 cache: EmbeddingCache | None = None, editorNode=None, appLogic=None,
-                 onEvent: Callable[[WorkerEvent], None] | None = None) -> None:
+    def __init__(
+        self,
+        scene,
+        backend: Any = None,
+        backendFactory: Callable[[], Any] | None = None,
+        cache: EmbeddingCache | None = None,
+        editorNode=None,
+        appLogic=None,
+        onEvent: Callable[[jobs.WorkerEvent], None] | None = None,
+        session: ModelSession | None = None,
+    ) -> None:
         self.scene = scene
-        self._backend = backend
-        self._backendFactory = backendFactory
-        self.cache = cache if cache is not None else EmbeddingCache()
-        self.editorLogic = SegmentWrite.makeEditorLogic(scene, editorNode, appLogic)
-        self.worker = Worker()
+        self._ownsSession = session is None
+        self.session = session if session is not None else ModelSession(scene, backend, backendFactory, cache)
+        self.editorLogic = SegmentIO.makeEditorLogic(scene, editorNode, appLogic)
         self.onEvent = onEvent
-        self.segmenter: Segmenter | None = None
-        self.volumeNodeID: str | None = None
-        self._volumeStamp: tuple | None = None
-        self._preset: str | None = None
-        self._pendingEncode: set[tuple[int, int]] = set()
+        self._volumeNodeID: str | None = None
+        self.lastAxis = 0  # the axis the user prompted on last (prompts are cleared after a write)
         self._learnFor: Segmenter | None = None
-        self._observations = [
-            scene.AddObserver(slicer.vtkMRMLScene.NodeAboutToBeRemovedEvent, self._onNodeAboutToBeRemoved),
-            scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, self._onSceneClose),
-        ]
 
     # ------------------------------------------------------------------ life cycle
     @property
-    def backend(self):
-        if self._backend is None:
-            if self._backendFactory is None:
-                raise RuntimeError("No segmentation model is loaded.")
-            self._backend = self._backendFactory()
-        return self._backend
+    def cache(self) -> EmbeddingCache:
+        return self.session.cache
 
-    def setBackend(self, backend=None, backendFactory=None) -> None:
+    @property
+    def worker(self) -> jobs.Worker:
+        return self.session.worker
+
+    @property
+    def segmenter(self) -> Segmenter | None:
+        """The segmenter of the current volume (None before ``setVolume`` or after the volume was released)."""
+        return self.session.knownSegmenter(self._volumeNodeID)
+
+    @property
+    def volumeNodeID(self) -> str | None:
+        return self._volumeNodeID if self.segmenter is not None else None
+
+    def setBackend(self, backend: Any = None, backendFactory: Callable[[], Any] | None = None) -> None:
         """Switch model: running jobs are cancelled and the segmenter is rebuilt on next use."""
-        self.worker.cancel()
-        self._backend = backend
-        self._backendFactory = backendFactory
-        self.segmenter = None
+        self.session.setBackend(backend, backendFactory)
 
     def cleanup(self) -> None:
-        """Remove scene observers, cancel jobs and end the worker thread."""
-        for tag in self._observations:
-            self.scene.RemoveObserver(tag)
-        self._observations = []
-        self.releaseVolume()
-        self.worker.shutdown()
-
-    @vtk.calldata_type(vtk.VTK_OBJECT)
-    def _onNodeAboutToBeRemoved(self, caller, event, node) -> None:  # noqa: ARG002
-        if node is not None and self.volumeNodeID is not None and node.GetID() == self.volumeNodeID:
-            self.releaseVolume()
-
-    def _onSceneClose(self, caller, event) -> None:  # noqa: ARG002
-        self.releaseVolume()
+        """Cancel jobs; a session of its own is ended (observers removed, worker thread stopped)."""
+        if self._ownsSession:
+            self.session.cleanup()
+        else:
+            self.cancel()
 
     def releaseVolume(self) -> None:
-        """Cancel jobs of the current volume, drop its embeddings from memory and forget the segmenter."""
-        self.worker.cancel()
-        if self.segmenter is not None:
-            self.cache.release(self.segmenter.volume.digest)
-        self.segmenter = None
-        self.volumeNodeID = None
-        self._volumeStamp = None
-        self._pendingEncode.clear()
+        """Cancel jobs of the current volume, drop its embeddings from memory and forget its segmenter."""
+        self.session.release(self._volumeNodeID)
+        self._volumeNodeID = None
 
     # ------------------------------------------------------------------ volume and slices
     def setVolume(self, volumeNode, preset: str | None = None) -> Segmenter:
-        """The segmenter of ``volumeNode`` (a numpy copy of it), rebuilt when the node, its voxels or the preset change.
+        """The segmenter of ``volumeNode``, rebuilt when its voxels, the preset or the model change.
 
         Raises:
             ValueError: no volume, not scalar, or under a non-linear transform.
         """
-        if volumeNode is None:
-            raise ValueError("Select a volume first.")
-        backend = self.backend  # loads the model on first use
-        stamp = (volumeNode.GetID(), volumeNode.GetImageData().GetMTime() if volumeNode.GetImageData() else 0,
-                 preset or "", id(backend))
-        if self.segmenter is not None and stamp == self._volumeStamp:
-            return self.segmenter
-        if self.segmenter is not None:
-            self.worker.cancel()
-            if self.volumeNodeID != volumeNode.GetID():
-                self.cache.release(self.segmenter.volume.digest)
-        volume = VolumeAccess.volumeFromNode(volumeNode)
-        self.segmenter = Segmenter(volume, backend, cache=self.cache, preset=preset or None)
-        self.volumeNodeID = volumeNode.GetID()
-        self._volumeStamp = stamp
-        self._preset = preset
-        return self.segmenter
+        segmenter = self.session.segmenter(volumeNode, preset)
+        self._volumeNodeID = volumeNode.GetID()
+        return segmenter
 
     def volumeNode(self):
-        return self.scene.GetNodeByID(self.volumeNodeID) if self.volumeNodeID else None
+        return self.scene.GetNodeByID(self._volumeNodeID) if self._volumeNodeID else None
 
     def sliceFromView(self, volumeNode, sliceToRAS) -> tuple[int, int]:
         """(axis, index) a slice view shows (see ``VolumeAccess.sliceAxisAndIndex``)."""
@@ -172,11 +156,11 @@ class Annotator:
             ValueError: the point lies only in oblique views, or in no view.
         """
         oblique = None
+        tolerance = 1e-3 + 0.5 * float(max(volumeNode.GetSpacing()))
         for sliceNode in sliceNodes:
             sliceToRAS = VolumeAccess.asArray4x4(sliceNode.GetSliceToRAS())
             normal = sliceToRAS[:3, 2] / np.linalg.norm(sliceToRAS[:3, 2])
-            if abs(float(np.dot(np.asarray(pointWorld) - sliceToRAS[:3, 3], normal))) > 1e-3 + self._halfVoxel(
-                    volumeNode):
+            if abs(float(np.dot(np.asarray(pointWorld) - sliceToRAS[:3, 3], normal))) > tolerance:
                 continue
             try:
                 axis, index = VolumeAccess.sliceAxisAndIndex(volumeNode, sliceToRAS)
@@ -189,14 +173,49 @@ class Annotator:
         if oblique is not None:
             raise oblique
         raise ValueError(
-            "The prompt is not on a slice shown in a slice view; place it in the Red, Yellow or Green view.")
+            "The prompt is not on a slice shown in a slice view; place it in the Red, Yellow or Green view."
+        )
 
-    @staticmethod
-    def _halfVoxel(volumeNode) -> float:
-        return 0.5 * float(max(volumeNode.GetSpacing()))
+    def viewSliceNodes(self) -> list:
+        """The scene's slice nodes: Red, Yellow, Green, then the others; the view under the mouse (the crosshair's
+        hovered view, where a prompt was just placed) first, because a point on the line where two views cross
+        lies in both planes."""
+        scene = self.scene
+        nodes = [
+            scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
+            for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode"))
+        ]
+        order = {"Red": 0, "Yellow": 1, "Green": 2}
+        nodes.sort(key=lambda n: order.get(n.GetLayoutName(), 3))
+        crosshair = scene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+        if crosshair is not None:
+            hovered = crosshair.GetCursorPositionXYZ([0.0, 0.0, 0.0])
+            if hovered is not None:
+                nodes.sort(key=lambda n: n.GetID() != hovered.GetID())  # stable: the hovered view first
+        return nodes
 
-    def promptsFromMarkups(self, volumeNode, axis: int, index: int, boxNode=None, positiveNode=None,
-                           negativeNode=None) -> SlicePrompts:
+    def promptSlice(self, volumeNode, promptNodes) -> tuple[int, int]:
+        """(axis, index) of the slice the prompts were placed on: the view holding the first prompt node's point
+        (ROI centre or last control point) among ``promptNodes`` that has one.
+
+        Raises:
+            ValueError: no prompt, or only in oblique views.
+        """
+        for node in promptNodes:
+            if node is None or node.GetNumberOfControlPoints() == 0:
+                continue
+            if node.IsA("vtkMRMLMarkupsROINode"):
+                center = [0.0, 0.0, 0.0]
+                node.GetCenterWorld(center)
+                point = np.array(center)
+            else:
+                point = VolumeAccess.controlPointsWorld(node)[-1]
+            return self.sliceForPoint(volumeNode, point, self.viewSliceNodes())
+        raise ValueError("Place a box or a point in a slice view first.")
+
+    def promptsFromMarkups(
+        self, volumeNode, axis: int, index: int, boxNode=None, positiveNode=None, negativeNode=None
+    ) -> Prompts:
         """Prompts on slice ``index`` read from markups nodes (points on other slices are ignored).
 
         Args:
@@ -204,118 +223,132 @@ class Annotator:
                 corners of a rectangle; None for no box.
             positiveNode, negativeNode: point lists of positive and negative points; None for none.
         """
-        prompts = SlicePrompts(axis, index)
+        box = None
         if boxNode is not None and boxNode.GetNumberOfControlPoints() > 0:
             if boxNode.IsA("vtkMRMLMarkupsROINode"):
-                prompts.box_xyxy = VolumeAccess.roiBoxOnSlice(volumeNode, axis, index, boxNode)
-            elif len(VolumeAccess.pointsOnSlice(volumeNode, axis, index,
-                                                VolumeAccess.controlPointsWorld(boxNode))) >= 2:
-                prompts.box_xyxy = VolumeAccess.twoPointBoxOnSlice(
-                    volumeNode, axis, index, VolumeAccess.controlPointsWorld(boxNode))
+                box = VolumeAccess.roiBoxOnSlice(volumeNode, axis, index, boxNode)
+            else:
+                corners = VolumeAccess.controlPointsWorld(boxNode)
+                if len(VolumeAccess.pointsOnSlice(volumeNode, axis, index, corners)) >= 2:
+                    box = VolumeAccess.twoPointBoxOnSlice(volumeNode, axis, index, corners)
         pts, labels = [], []
         for node, label in ((positiveNode, 1), (negativeNode, 0)):
             xy = VolumeAccess.pointsOnSlice(volumeNode, axis, index, VolumeAccess.controlPointsWorld(node))
             pts.extend(xy.tolist())
             labels.extend([label] * len(xy))
-        if pts:
-            prompts.points_xy = np.asarray(pts, dtype=float)
-            prompts.point_labels = np.asarray(labels, dtype=int)
-        return prompts
+        return Prompts.make(box, pts or None, labels or None)
+
+    def markupsSlice(self, volumeNode, markups: PromptMarkups) -> tuple[int, int]:
+        """(axis, index) of the slice the prompts were placed on: the view of the last-changed prompt node."""
+        return self.promptSlice(volumeNode, [markups.last, markups.box, markups.positive, markups.negative])
+
+    def previewMarkups(
+        self, volumeNode, markups: PromptMarkups, wait: bool = False, precomputeRadius: int = DEFAULT_PRECOMPUTE_RADIUS
+    ) -> SliceResult | None:
+        """Decode the prompts on their slice and show the mask; queue encoding around it. None while that slice is
+        being encoded (``wait`` False).
+
+        Raises:
+            ValueError: no volume, no prompt, prompts outside the slice or only in oblique views.
+        """
+        self.setVolume(volumeNode)
+        axis, index = self.markupsSlice(volumeNode, markups)
+        prompts = self.promptsFromMarkups(volumeNode, axis, index, markups.box, markups.positive, markups.negative)
+        result = self.segment(axis, index, prompts, wait=wait)
+        if result is not None:
+            self.showPreview(result, volumeNode)
+            self.lastAxis = axis
+            if precomputeRadius > 0:
+                self.precompute(axis, index, precomputeRadius)
+        return result
+
+    def applyMarkups(
+        self,
+        volumeNode,
+        markups: PromptMarkups,
+        segmentationNode,
+        segmentID: str,
+        precomputeRadius: int = DEFAULT_PRECOMPUTE_RADIUS,
+    ) -> SliceResult:
+        """Decode the prompts (encoding their slice now if needed), write the mask into the segment, clear them.
+
+        Raises:
+            ValueError: no segment, or what ``previewMarkups`` raises.
+        """
+        if segmentationNode is None or not segmentID:
+            raise ValueError("Select a segmentation and a segment to write into.")
+        result = self.previewMarkups(volumeNode, markups, wait=True, precomputeRadius=precomputeRadius)
+        self.apply(result, segmentationNode, segmentID, volumeNode)
+        markups.clear()
+        self.clearPreview()
+        return result
+
+    def precomputeAround(self, volumeNode, markups: PromptMarkups, fallbackSliceNode, radius: int) -> int:
+        """Encode the prompts' slice first, then ``radius`` slices each side (the slice of ``fallbackSliceNode``
+        when there is no prompt); returns the number of slices queued."""
+        self.setVolume(volumeNode)
+        try:
+            axis, index = self.markupsSlice(volumeNode, markups)
+        except ValueError:
+            axis, index = self.sliceFromView(volumeNode, fallbackSliceNode.GetSliceToRAS())
+        self.requestEncode(axis, index)
+        return 1 + self.precompute(axis, index, radius)
 
     # ------------------------------------------------------------------ segmentation
     def isEncoded(self, axis: int, index: int) -> bool:
         return self.segmenter is not None and self.segmenter.is_cached(axis, index)
 
-    def segment(self, prompts: SlicePrompts, wait: bool = True, mask_input: np.ndarray | None = None
-                ) -> SliceResult | None:
-        """Decode the prompts. If the slice is not encoded yet: ``wait`` encodes it now (blocking); otherwise the
-        encode is queued first on the worker and None is returned (call again when ``poll`` reports it done).
+    def segment(self, axis: int, index: int, prompts: Prompts, wait: bool = True) -> SliceResult | None:
+        """Decode the prompts on slice ``index`` of ``axis``. If the slice is not encoded yet: ``wait`` encodes it
+        now (blocking); otherwise its encode is queued first on the worker and None is returned (call again when
+        ``poll`` reports it done).
 
         Raises:
             ValueError: no volume set, no prompt, prompt outside the slice, empty slice.
         """
-        if self.segmenter is None:
+        segmenter = self.segmenter
+        if segmenter is None:
             raise ValueError("Select a volume first.")
         if prompts.empty:
             raise ValueError("Place a box or a point on the slice first.")
-        if not wait and not self.isEncoded(prompts.axis, prompts.index):
-            self.requestEncode(prompts.axis, prompts.index)
+        if not wait and not self.isEncoded(axis, index):
+            self.requestEncode(axis, index)
             return None
-        return self.segmenter.segment(prompts.axis, prompts.index, box_xyxy=prompts.box_xyxy,
-                                      points_xy=prompts.points_xy, point_labels=prompts.point_labels,
-                                      mask_input=mask_input)
+        return segmenter.segment(axis, index, prompts)
 
     def requestEncode(self, axis: int, index: int) -> int | None:
         """Queue the encode of one slice ahead of the others; None when it is cached or already queued."""
-        if self.isEncoded(axis, index) or (axis, index) in self._pendingEncode:
-            return None
         segmenter = self.segmenter
-        self._pendingEncode.add((axis, index))
-
-        def job(progress, shouldStop):  # worker thread: numpy and sammed only
-            segmenter.precompute(axis, index, indices=[index], should_stop=shouldStop)
-            if shouldStop():
-                self.cache.release(segmenter.volume.digest)
-                raise Cancelled()
-            return (axis, index)
-
-        return self.worker.submit("encode", job, first=True)
+        return None if segmenter is None else self.session.requestEncode(segmenter, axis, index)
 
     def precompute(self, axis: int, center: int, radius: int | None = DEFAULT_PRECOMPUTE_RADIUS) -> int:
-        """Queue background encoding of the slices around ``center``: the centre first, then outward.
+        """Queue background encoding of the slices around ``center`` (``ModelSession.precompute``).
 
-        One worker job per slice, so a prompt on another slice (``requestEncode``) jumps ahead of them.
-
-        Args:
-            radius: slices each side of ``center``; None for the whole axis.
-
-        Returns:
-            the number of slices queued (cached ones are skipped).
+        Raises:
+            ValueError: no volume set.
         """
-        if self.segmenter is None:
-            raise ValueError("Select a volume first.")
         segmenter = self.segmenter
-        n = segmenter.volume.shape_kji[axis]
-        center = min(max(int(center), 0), n - 1)
-        reach = n if radius is None else int(radius)
-        order = [center] + [i for d in range(1, reach + 1) for i in (center + d, center - d) if 0 <= i < n]
-        order = [i for i in order if not segmenter.is_cached(axis, i)]
-        batch = {"done": 0, "total": len(order)}
-
-        def makeJob(index: int):
-            def job(progress, shouldStop):  # worker thread: numpy and sammed only
-                if not shouldStop():
-                    segmenter.embedding(axis, index)
-                if shouldStop():  # cancelled while encoding: the volume may be gone, keep nothing of it
-                    self.cache.release(segmenter.volume.digest)
-                    raise Cancelled()
-                batch["done"] += 1
-                progress(batch["done"] / batch["total"],
-                         f"Embedding slice {index} ({batch['done']} of {batch['total']})")
-                return (axis, index)
-
-            return job
-
-        for index in order:
-            self.worker.submit("embed", makeJob(index))
-        return len(order)
+        if segmenter is None:
+            raise ValueError("Select a volume first.")
+        return self.session.precompute(segmenter, axis, center, radius)
 
     def cancel(self) -> int:
         """Cancel queued and running background work."""
-        self._pendingEncode.clear()
-        return self.worker.cancel()
+        return self.session.cancel()
 
-    def poll(self) -> list[WorkerEvent]:
+    def poll(self) -> list[jobs.WorkerEvent]:
         """Collect worker events (main thread; the widget's QTimer calls this)."""
-        events = self.worker.drain()
+        events = self.session.drain()
         for event in events:
-            if event.name == "encode" and event.kind != "progress" and isinstance(event.result, tuple):
-                self._pendingEncode.discard(event.result)
-            if event.name == "encode" and event.kind in ("cancelled", "failed"):
-                self._pendingEncode.clear()
-            if event.name == "learn" and event.kind == "done" and self.segmenter is not None \
-                    and self.segmenter is getattr(self, "_learnFor", None):
-                assistModule().attach(self.segmenter, event.result)
+            if (
+                event.name == "learn"
+                and event.kind == "done"
+                and self.segmenter is not None
+                and self.segmenter is self._learnFor
+            ):
+                from sammed import assist
+
+                assist.attach(self.segmenter, event.result)
             if self.onEvent is not None:
                 self.onEvent(event)
         return events
@@ -323,15 +356,21 @@ class Annotator:
     # ------------------------------------------------------------------ writing
     def apply(self, result: SliceResult, segmentationNode, segmentID: str, volumeNode=None) -> None:
         """Write ``result.mask_hw`` into the segment on its slice: one undo step, with the editor's masking and
-        overwrite settings."""
+        overwrite settings (``SegmentIO.writeSlices``)."""
         volumeNode = volumeNode or self.volumeNode()
         if volumeNode is None:
             raise ValueError("Select a volume first.")
-        SegmentWrite.writeSliceMask(self.editorLogic, segmentationNode, segmentID, volumeNode, result.axis,
-                                    result.index, result.mask_hw)
+        SegmentIO.writeSlices(
+            SegmentIO.LogicWriter(self.editorLogic),
+            segmentationNode,
+            segmentID,
+            volumeNode,
+            result.axis,
+            {result.index: result.mask_hw},
+        )
 
     def undo(self) -> bool:
-        return SegmentWrite.undo(self.editorLogic)
+        return SegmentIO.undo(self.editorLogic)
 
     # ------------------------------------------------------------------ preview
     def previewNode(self, create: bool = True):
@@ -349,9 +388,10 @@ class Annotator:
         """Show ``result.mask_hw`` (only) in the preview segmentation."""
         volumeNode = volumeNode or self.volumeNode()
         node = self.previewNode()
-        labelmap, _ = SegmentWrite.sliceLabelmap(volumeNode, node, result.axis, result.index, result.mask_hw)
+        labelmap = SegmentIO.sliceLabelmap(volumeNode, node, result.axis, result.index, result.mask_hw)
         slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-            labelmap, node, "preview", slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+            labelmap, node, "preview", slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
+        )
 
     def clearPreview(self) -> None:
         node = self.previewNode(create=False)
@@ -359,7 +399,7 @@ class Annotator:
             self.scene.RemoveNode(node)
 
     # ------------------------------------------------------------------ SAMassist
-    def learnCase(self, segmentationNode, segmentID: str, axis: int, config=None) -> int:
+    def learnCase(self, segmentationNode, segmentID: str, axis: int, config: Any = None) -> int:
         """Fit SAMassist (``sammed.assist``) on the slices where the segment has voxels, in the background.
 
         The learned prompt encoder is attached to the segmenter when the job is done (in ``poll``);
@@ -369,43 +409,31 @@ class Annotator:
             config: ``sammed.assist.AssistConfig`` (default settings when None).
 
         Raises:
-            RuntimeError: ``sammed.assist`` is not available in this version.
             ValueError: no volume, or no segmented slice on ``axis``.
         """
         volumeNode = self.volumeNode()
-        if self.segmenter is None or volumeNode is None:
+        segmenter = self.segmenter
+        if segmenter is None or volumeNode is None:
             raise ValueError("Select a volume first.")
-        array = SegmentWrite.segmentArray(segmentationNode, segmentID, volumeNode)
-        indices = geometry.foreground_slices(array, axis)  # the exported array, not a second export
+        array = SegmentIO.segmentArray(segmentationNode, segmentID, volumeNode)
+        indices = geometry.foreground_slices(array, axis)
         if not indices:
             raise ValueError("Segment a few slices first: SAMassist learns from the slices you have segmented.")
-        assist = assistModule()  # imports torch: only once there is something to learn from
-        masks = {i: np.take(array, i, axis=axis).astype(bool) for i in indices}
-        target = segmentationNode.GetSegmentation().GetSegment(segmentID).GetName() or segmentID
-        segmenter = self.segmenter
+        from sammed import assist  # imports torch: only once there is something to learn from
 
-        def job(progress, shouldStop):  # worker thread: numpy, sammed and torch only
-            return assist.fit_prompt_encoder(segmenter, masks, axis=axis, target=target, config=config,
-                                             progress=progress, should_stop=shouldStop)
+        masks = {i: geometry.extract_slice(array, axis, i).astype(bool) for i in indices}
+        target = segmentationNode.GetSegmentation().GetSegment(segmentID).GetName() or segmentID
+
+        def job(control: jobs.JobControl) -> Any:  # worker thread: numpy, sammed and torch only
+            return assist.fit_prompt_encoder(
+                segmenter,
+                masks,
+                axis=axis,
+                target=target,
+                config=config,
+                progress=control.progress,
+                should_stop=control.should_stop,
+            )
 
         self._learnFor = segmenter
         return self.worker.submit("learn", job)
-
-
-def assistModule():
-    """``sammed.assist`` if this version has it (it needs torch, so it is imported only here).
-
-    Raises:
-        RuntimeError: not available.
-    """
-    try:
-        from sammed import assist
-    except ImportError as exc:
-        raise RuntimeError(f"SAMassist is not available in this version of SAMMed ({exc}).") from exc
-    if not hasattr(assist, "fit_prompt_encoder") or not hasattr(assist, "attach"):
-        raise RuntimeError("This version of sammed.assist lacks fit_prompt_encoder/attach; update SAMMed.")
-    return assist
-
-
-def logEvent(event: WorkerEvent) -> None:
-    logging.info("SAMMed %s %s: %s %s", event.name, event.kind, event.message, event.error)

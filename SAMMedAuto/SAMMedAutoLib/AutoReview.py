@@ -1,11 +1,12 @@
 """One propagate-review-accept cycle for one segment (MRML side of SAMMedAuto).
 
 Flow: ``start()`` reads the segment on the source volume's grid, takes the slices (on the chosen axis) that hold
-any voxel as the user's slices, and runs the propagation on a worker thread. ``poll()`` (main thread) applies what
-arrived: progress, and each decoded slice into a separate preview segment. When the job ends the preview shows the
-generated slices of the result. ``accept()`` removes the preview and writes the generated slices into the segment
-as one undo step of a ``vtkSlicerSegmentEditorLogic`` (its editor node's masking and overwrite settings apply);
-user slices are never written. ``reject()`` removes the preview.
+any voxel as the user's slices, and runs ``sammed.propagate.propagate`` as a job of a ``sammed.jobs.Worker``.
+``poll()`` (main thread) applies what arrived: progress, and each generated slice (``propagate``'s ``on_slice``)
+into a separate preview segment. When the job ends the preview shows the generated slices of the result.
+``accept()`` removes the preview and writes the generated slices into the segment with ``SegmentIO.writeSlices``
+(one undo step, the editor node's masking and overwrite settings); user slices are never written. ``reject()``
+removes the preview.
 
 Re-runs: after an accept the written slices are remembered in a segment tag with a checksum per slice. On the next
 ``start()`` a slice that still matches its checksum counts as generated (it may be replaced), a slice the user has
@@ -19,18 +20,18 @@ import json
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import vtk
-from sammed import geometry
-from SAMMedAnnotatorLib import VolumeAccess
 
-from .PropagationWorker import PropagationWorker
-from .SegmentArrays import annotatedSlices
-from .SegmentArrays import orientedImageFromMask
-from .SegmentArrays import segmentMaskKJI
-from .SegmentArrays import setSegmentMask
-from .SegmentArrays import slicesMask
+from sammed import geometry
+from sammed import jobs
+from SAMMedLib import SegmentIO
+from SAMMedLib import VolumeAccess
+from SAMMedLib.SegmentIO import segmentMask
+from SAMMedLib.SegmentIO import setSegmentMask
+from SAMMedLib.SegmentIO import slicesMask
 
 GENERATED_TAG = "SAMMedAuto.Generated"
 PREVIEW_TAG = "SAMMedAuto.PreviewOf"
@@ -39,7 +40,14 @@ PREVIEW_COLOR = (1.0, 0.85, 0.1)
 DEFAULT_LOW_CONFIDENCE = 0.8
 
 IDLE, RUNNING, DONE, CANCELLED, FAILED, ACCEPTED, REJECTED = (
-    "idle", "running", "done", "cancelled", "failed", "accepted", "rejected")
+    "idle",
+    "running",
+    "done",
+    "cancelled",
+    "failed",
+    "accepted",
+    "rejected",
+)
 
 
 @dataclass
@@ -73,10 +81,18 @@ class AutoReview:
         volumeNode: source ``vtkMRMLScalarVolumeNode``; masks are exchanged on its grid.
         propagateFn: the propagation function (default ``sammed.propagate.propagate``, imported on first use).
         onChange: called with no argument on the main thread whenever ``poll()`` changed something.
+        worker: the ``sammed.jobs.Worker`` to run on (default: one of its own, ended by ``close()``).
     """
 
-    def __init__(self, segmentationNode, segmentID: str, volumeNode, propagateFn: Callable | None = None,
-                 onChange: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        segmentationNode,
+        segmentID: str,
+        volumeNode,
+        propagateFn: Callable | None = None,
+        onChange: Callable[[], None] | None = None,
+        worker: jobs.Worker | None = None,
+    ) -> None:
         if segmentationNode is None or segmentationNode.GetSegmentation().GetSegment(segmentID) is None:
             raise ValueError("Select a segmentation and a segment to propagate.")
         if volumeNode is None or volumeNode.GetImageData() is None:
@@ -84,7 +100,9 @@ class AutoReview:
         self.segmentationNode = segmentationNode
         self.segmentID = segmentID
         self.volumeNode = volumeNode
-        self.worker = PropagationWorker(propagateFn)
+        self.propagateFn = propagateFn
+        self._ownsWorker = worker is None
+        self.worker = worker if worker is not None else jobs.Worker("SAMMedAutoPropagation")
         self.onChange = onChange
         self.state = IDLE
         self.axis = 0
@@ -100,17 +118,22 @@ class AutoReview:
         self._preview_kji: np.ndarray | None = None
 
     # ------------------------------------------------------------------ run
-    def start(self, segmenter, axis: int = 0, generator: str = "sliding", config=None,
-              sliceRange: tuple[int, int] | None = None, useLearned: bool | None = None) -> None:
+    def start(
+        self,
+        segmenter: Any,
+        axis: int = 0,
+        generator: str = "sliding",
+        config: Any = None,
+        sliceRange: tuple[int, int] | None = None,
+    ) -> None:
         """Read the user's slices and start the propagation in the background.
 
         Args:
             segmenter: a ``sammed.segmenter.Segmenter`` on this volume (its cache makes re-runs free).
             axis: array axis of the KJI volume to propagate along (0 = K).
-            generator: "sliding", "threshold" or "sapnet".
-            config: a ``PropagationConfig`` or None for the defaults.
+            generator: one of ``sammed.propagate.GENERATORS``.
+            config: a ``PropagationConfig`` (its ``use_learned`` decides on the SAMassist prompt encoder) or None.
             sliceRange: (first, last) slice indices, inclusive, or None for the whole axis.
-            useLearned: use the segmenter's learned (SAMassist) prompt encoder if it has one (None: its setting).
 
         Raises:
             ValueError: no annotated slice, a segmenter on another grid, or a bad range.
@@ -127,11 +150,22 @@ class AutoReview:
             if not 0 <= first <= last < shape[axis]:
                 raise ValueError(f"Slice range {first}-{last} is outside 0-{shape[axis] - 1}.")
             sliceRange = (first, last)
-        mask_kji = segmentMaskKJI(self.segmentationNode, self.segmentID, self.volumeNode)
+        user, replaceable, userMasks = self._userSlices(axis)
+        self.axis, self.userSlices, self.replaceableSlices, self.sliceRange = axis, user, replaceable, sliceRange
+        self.result, self.error, self.fraction, self.message = None, "", 0.0, "Starting"
+        self._live = {}
+        self._preview_kji = np.zeros(shape, dtype=bool)
+        self._ensurePreviewSegment()
+        setSegmentMask(self.segmentationNode, self.previewSegmentID, self._preview_kji, self.volumeNode)
+        self._jobId = self.worker.submit("propagate", self._job(segmenter, userMasks, generator, config))
+        self.state = RUNNING
+
+    def _userSlices(self, axis: int) -> tuple[list[int], list[int], dict[int, np.ndarray]]:
+        """(user slices, slices an earlier accept wrote and nobody edited since, the user slices' masks)."""
+        mask_kji = segmentMask(self.segmentationNode, self.segmentID, self.volumeNode)
         previous = self._generatedTag()
-        replaceable = []
-        user = []
-        for index in annotatedSlices(mask_kji, axis):
+        replaceable, user = [], []
+        for index in geometry.foreground_slices(mask_kji, axis):
             mask_hw = geometry.extract_slice(mask_kji, axis, index)
             if previous.get("axis") == axis and previous.get("slices", {}).get(str(index)) == sliceChecksum(mask_hw):
                 replaceable.append(index)
@@ -139,15 +173,34 @@ class AutoReview:
                 user.append(index)
         if not user:
             raise ValueError("The segment has no annotated slice on this axis; draw or prompt at least one slice.")
-        userMasks = {i: geometry.extract_slice(mask_kji, axis, i).copy() for i in user}
-        self.axis, self.userSlices, self.replaceableSlices, self.sliceRange = axis, user, replaceable, sliceRange
-        self.result, self.error, self.fraction, self.message = None, "", 0.0, "Starting"
-        self._live = {}
-        self._preview_kji = np.zeros(shape, dtype=bool)
-        self._ensurePreviewSegment()
-        setSegmentMask(self.segmentationNode, self.previewSegmentID, self._preview_kji, self.volumeNode)
-        self.worker.start(segmenter, userMasks, axis, generator, config, sliceRange, useLearned)
-        self.state = RUNNING
+        return user, replaceable, {i: geometry.extract_slice(mask_kji, axis, i).copy() for i in user}
+
+    def _job(self, segmenter: Any, userMasks: dict[int, np.ndarray], generator: str, config: Any) -> jobs.JobFn:
+        """The worker job: numpy arrays and plain values in, the ``PropagationResult`` out (no MRML)."""
+        if self.propagateFn is None:
+            from sammed.propagate import propagate as propagateFn
+        else:
+            propagateFn = self.propagateFn
+        axis, sliceRange = self.axis, self.sliceRange
+
+        def job(control: jobs.JobControl) -> Any:
+            def onSlice(record: Any, mask_hw: np.ndarray | None) -> None:
+                copy = None if mask_hw is None else np.array(mask_hw, dtype=bool)
+                control.post((int(record.index), str(record.status), copy, float(record.iou)))
+
+            return propagateFn(
+                segmenter,
+                userMasks,
+                axis=axis,
+                generator=generator,
+                config=config,
+                slice_range=sliceRange,
+                progress=control.progress,
+                should_stop=control.should_stop,
+                on_slice=onSlice,
+            )
+
+        return job
 
     def cancel(self) -> None:
         """Ask the running job to stop (it ends within one slice; ``poll()`` then reports ``cancelled``)."""
@@ -156,41 +209,55 @@ class AutoReview:
 
     def poll(self) -> str:
         """Apply what the worker has sent (main thread only). Returns the state."""
-        messages = self.worker.drain()
-        if not messages:
+        events = [e for e in self.worker.drain() if e.jobId == getattr(self, "_jobId", None)]
+        if not events:
             return self.state
         previewChanged = False
-        for message in messages:
-            kind = message[0]
-            if kind == "progress":
-                self.fraction, self.message = message[1], message[2]
-            elif kind == "slice":
-                _, axis, index, mask_hw, iou = message
-                if axis == self.axis and index not in self.userSlices:
-                    self._live[index] = (mask_hw, iou)
-                    geometry.insert_slice(self._preview_kji, axis, index, mask_hw)
-                    previewChanged = True
-            elif kind == "done":
-                self.result = message[1]
-                self.state = CANCELLED if self.result.cancelled else DONE
-                self.fraction = 1.0 if not self.result.cancelled else self.fraction
-                self._preview_kji = self.result.mask_kji.astype(bool) & slicesMask(
-                    self._preview_kji.shape, self.axis, self.generatedSlices())
+        for event in events:
+            if event.kind == "progress":
+                self.fraction, self.message = event.fraction, event.message
+            elif event.kind == "partial":
+                previewChanged |= self._showSlice(*event.result)
+            elif event.kind in ("done", "cancelled"):
+                self._finish(event)
                 previewChanged = True
-            elif kind == "cancelled":
-                self.state = CANCELLED
-            elif kind == "error":
-                self.state, self.error = FAILED, message[1]
+            elif event.kind == "failed":
+                self.state, self.error = FAILED, event.error
         if previewChanged and self.previewSegmentID is not None:
             setSegmentMask(self.segmentationNode, self.previewSegmentID, self._preview_kji, self.volumeNode)
         if self.onChange:
             self.onChange()
         return self.state
 
-    def wait(self, timeout: float | None = None) -> str:
+    def _showSlice(self, index: int, status: str, mask_hw: np.ndarray | None, iou: float) -> bool:
+        if status != "generated" or mask_hw is None or index in self.userSlices:
+            return False
+        self._live[index] = (mask_hw, iou)
+        geometry.insert_slice(self._preview_kji, self.axis, index, mask_hw)
+        return True
+
+    def _finish(self, event: jobs.WorkerEvent) -> None:
+        self.result = event.result
+        if self.result is None:  # cancelled before any result
+            self.state = CANCELLED
+            return
+        self.state = CANCELLED if (event.kind == "cancelled" or self.result.cancelled) else DONE
+        if self.state == DONE:
+            self.fraction = 1.0
+        self._preview_kji = self.result.mask_kji.astype(bool) & slicesMask(
+            self._preview_kji.shape, self.axis, self.generatedSlices()
+        )
+
+    def wait(self, timeout: float = 60.0) -> str:
         """Block until the job ends, then ``poll()`` (tests and self-tests; the app polls from a timer)."""
-        self.worker.join(timeout)
+        self.worker.wait_idle(timeout)
         return self.poll()
+
+    def close(self) -> None:
+        """Cancel a running job and end a worker of its own (the review can still be read)."""
+        self.cancel()
+        if self._ownsWorker:
+            self.worker.shutdown()
 
     # ------------------------------------------------------------------ review
     def generatedSlices(self) -> list[int]:
@@ -233,27 +300,21 @@ class AutoReview:
             RuntimeError: no finished result to accept.
         """
         if self.state != DONE or self.result is None:
-            raise RuntimeError("There is no finished propagation to accept; run it first (a cancelled run can only "
-                               "be rejected).")
+            raise RuntimeError(
+                "There is no finished propagation to accept; run it first (a cancelled run can only be rejected)."
+            )
         shape = VolumeAccess.volumeShapeKJI(self.volumeNode)
-        current = segmentMaskKJI(self.segmentationNode, self.segmentID, self.volumeNode)
+        current = segmentMask(self.segmentationNode, self.segmentID, self.volumeNode)
         replaceable = set(self.replaceableSlices)
-        occupied = {i for i in annotatedSlices(current, self.axis) if i not in replaceable}
+        occupied = {i for i in geometry.foreground_slices(current, self.axis) if i not in replaceable}
         written = [i for i in self.generatedSlices() if i not in occupied]
+        masks = {i: np.zeros(geometry.slice_shape(shape, self.axis), bool) for i in replaceable}
+        masks.update({i: geometry.extract_slice(self.result.mask_kji, self.axis, i) for i in written})
         self.removePreview()
-        editorLogic.SetSegmentationNode(self.segmentationNode)
-        editorLogic.SetSourceVolumeNode(self.volumeNode)
-        editorLogic.SaveStateForUndo()
-        if replaceable:
-            stale = current & slicesMask(shape, self.axis, sorted(replaceable))
-            editorLogic.ModifySegmentByLabelmap(self.segmentationNode, self.segmentID,
-                                                orientedImageFromMask(stale, self.volumeNode, self.segmentationNode),
-                                                editorLogic.ModificationModeRemove, False, True)
-        modifier = self.result.mask_kji.astype(bool) & slicesMask(shape, self.axis, written)
-        editorLogic.ModifySegmentByLabelmap(self.segmentationNode, self.segmentID,
-                                            orientedImageFromMask(modifier, self.volumeNode, self.segmentationNode),
-                                            editorLogic.ModificationModeAdd, False, False)
-        after = segmentMaskKJI(self.segmentationNode, self.segmentID, self.volumeNode)
+        SegmentIO.writeSlices(
+            SegmentIO.LogicWriter(editorLogic), self.segmentationNode, self.segmentID, self.volumeNode, self.axis, masks
+        )
+        after = segmentMask(self.segmentationNode, self.segmentID, self.volumeNode)
         checksums = {str(i): sliceChecksum(geometry.extract_slice(after, self.axis, i)) for i in written}
         segment = self.segmentationNode.GetSegmentation().GetSegment(self.segmentID)
         segment.SetTag(GENERATED_TAG, json.dumps({"axis": self.axis, "slices": checksums}))
@@ -264,7 +325,7 @@ class AutoReview:
         """Stop a running job if needed and remove the preview; the segment is not touched."""
         if self.state == RUNNING:
             self.worker.cancel()
-            self.worker.join(10.0)
+            self.worker.wait_idle(10.0)
             self.worker.drain()
         self.removePreview()
         self.state = REJECTED

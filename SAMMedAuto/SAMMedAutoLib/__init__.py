@@ -1,1 +1,1 @@
-"""SAMMedAuto helpers: MRML <-> numpy, the background propagation worker, the review/accept cycle (no Qt)."""
+"""SAMMed Auto's own MRML side: the propagate-review-accept cycle of one segment (no Qt)."""

@@ -1,0 +1,145 @@
+"""Background embedding through the annotator's session: outward order, volume removal / scene close, prompts on
+slices not encoded yet, preview, learning's preconditions (real MRML from slicer-core, fake analytic backend; the
+widget's QTimer is replaced by explicit poll() calls)."""
+
+from __future__ import annotations
+
+import time
+
+import mrml
+import numpy as np
+import pytest
+from SAMMedAnnotatorLib.Annotator import Annotator
+
+from sammed.backends.fake import FakeBackend
+from sammed.cache import EmbeddingCache
+from sammed.io import Volume
+from sammed.prompts import Prompts
+
+
+def _wait_for(predicate, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.fixture
+def cube_case():
+    logics = mrml.make_scene()
+    arr = np.zeros((40, 48, 48), np.int16)
+    arr[10:30, 12:36, 12:36] = 200
+    volume = Volume(arr, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
+    node = mrml.add_volume(logics.scene, volume)
+    backend = FakeBackend(encode_delay=0.05)
+    annotator = Annotator(logics.scene, backend=backend, cache=EmbeddingCache())
+    annotator.setVolume(node)
+    yield logics.scene, node, annotator, backend
+    annotator.cleanup()
+    logics.scene.Clear(1)
+
+
+def test_precompute_encodes_outward_and_reports_progress(cube_case):
+    scene, node, annotator, backend = cube_case
+    annotator.precompute(0, 20, radius=2)
+    assert annotator.worker.wait_idle(10)
+    events = annotator.poll()
+    assert [e.result for e in events if e.kind == "done"] == [(0, 20), (0, 21), (0, 19), (0, 22), (0, 18)]
+    assert [annotator.isEncoded(0, i) for i in range(17, 24)] == [False, True, True, True, True, True, False]
+    progress = [e.fraction for e in events if e.kind == "progress"]
+    assert progress == sorted(progress) and progress[-1] == pytest.approx(1.0)
+
+
+def test_removing_the_volume_cancels_embedding_and_releases_cache(cube_case):
+    scene, node, annotator, backend = cube_case
+    digest = annotator.segmenter.volume.digest
+    annotator.precompute(0, 20, radius=None)  # 40 slices x 0.05 s
+    assert _wait_for(lambda: backend.encode_calls >= 3)
+    scene.RemoveNode(node)
+    assert annotator.segmenter is None and annotator.volumeNodeID is None
+    assert annotator.worker.wait_idle(5), "the running job stops within one slice"
+    calls = backend.encode_calls
+    time.sleep(0.3)
+    assert backend.encode_calls == calls < 40
+    events = annotator.poll()
+    kinds = [e.kind for e in events if e.kind != "progress"]
+    done = kinds.count("done")
+    assert done in (calls - 1, calls) and kinds[:done] == ["done"] * done and set(kinds[done:]) == {"cancelled"}
+    assert not any(k.digest == digest for k in annotator.cache._mem)
+    assert annotator.cache.memory_bytes == 0
+    assert annotator.worker.alive, "the worker thread survives for the next volume"
+
+
+def test_closing_the_scene_cancels_and_releases(cube_case):
+    scene, node, annotator, backend = cube_case
+    annotator.precompute(0, 20, radius=None)
+    assert _wait_for(lambda: backend.encode_calls >= 2)
+    scene.Clear(0)
+    assert annotator.segmenter is None
+    assert annotator.worker.wait_idle(5)
+    assert annotator.cache.memory_bytes == 0
+
+
+def test_prompt_on_unencoded_slice_queues_encode_first_then_decodes(cube_case):
+    scene, node, annotator, backend = cube_case
+    prompts = Prompts.make(box_xyxy=[10.0, 10.0, 37.0, 37.0])
+    annotator.precompute(0, 35, radius=3)  # background work already queued
+    assert annotator.segment(0, 15, prompts, wait=False) is None
+    assert annotator.requestEncode(0, 15) is None, "already queued"
+    assert _wait_for(lambda: annotator.isEncoded(0, 15), 5)
+    result = annotator.segment(0, 15, prompts, wait=False)
+    assert result is not None
+    assert result.mask_hw.sum() == 24 * 24
+    assert annotator.worker.wait_idle(10)
+    # the prompted slice was encoded before the queued precompute slices
+    order = [e for e in annotator.poll() if e.kind == "done"]
+    assert order[0].name == "encode"
+
+
+def test_slice_for_point_finds_the_view_a_prompt_was_placed_in(cube_case):
+    scene, node, annotator, backend = cube_case
+    from SAMMedLib import VolumeAccess
+
+    red = mrml.add_slice_node(scene, "Axial", "Red")
+    green = mrml.add_slice_node(scene, "Coronal", "Green")
+    point = VolumeAccess.sliceXYToWorld(node, 1, 30, [[5.0, 12.0]])[0]
+    green.SetSliceOffset(float(point[1]))
+    red.SetSliceOffset(-999.0)
+    assert annotator.sliceForPoint(node, point, [red, green]) == (1, 30)
+    oblique = mrml.add_slice_node(scene, "Axial", "Oblique")
+    m = VolumeAccess.asArray4x4(oblique.GetSliceToRAS())
+    c, s = np.cos(0.3), np.sin(0.3)
+    m[:3, :3] = m[:3, :3] @ np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    m[:3, 3] = point
+    oblique.GetSliceToRAS().DeepCopy(m.ravel())
+    oblique.UpdateMatrices()
+    with pytest.raises(ValueError, match="oblique"):
+        annotator.sliceForPoint(node, point, [red, oblique])
+
+
+def test_preview_shows_only_the_latest_mask_and_is_not_saved(cube_case):
+    scene, node, annotator, backend = cube_case
+    from SAMMedAnnotatorLib.Annotator import PREVIEW_NODE_NAME
+
+    from SAMMedLib import SegmentIO
+
+    first = annotator.segment(0, 15, Prompts.make(box_xyxy=[10.0, 10.0, 37.0, 37.0]))
+    annotator.showPreview(first, node)
+    second = annotator.segment(1, 24, Prompts.make(box_xyxy=[10.0, 5.0, 37.0, 35.0]))
+    annotator.showPreview(second, node)
+    preview = scene.GetFirstNodeByName(PREVIEW_NODE_NAME)
+    assert not preview.GetSaveWithScene()
+    shown = SegmentIO.segmentArray(preview, "preview", node)
+    assert shown.sum() == second.mask_hw.sum() > 0
+    np.testing.assert_array_equal(shown[:, 24, :], second.mask_hw)
+    annotator.clearPreview()
+    assert scene.GetFirstNodeByName(PREVIEW_NODE_NAME) is None
+
+
+def test_learn_case_needs_segmented_slices(cube_case):
+    scene, node, annotator, backend = cube_case
+    seg, (sid,) = mrml.add_segmentation(scene, node, ("cube",))
+    with pytest.raises(ValueError, match="Segment a few slices"):
+        annotator.learnCase(seg, sid, axis=0)

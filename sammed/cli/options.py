@@ -1,0 +1,190 @@
+"""Options and helpers every command shares: model, intensity and cache arguments, number parsing, progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..intensity import PRESET_CHOICES
+from ..jobs import CancelToken
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--model, --checkpoint, --arch, --sha256, --device."""
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="litemedsam", help="registry id (see `sammed models`); default litemedsam")
+    g.add_argument("--checkpoint", help="a weights file of your own instead of the registry's")
+    g.add_argument("--arch", help="architecture of --checkpoint: litemedsam, vit_b, vit_l, vit_h")
+    g.add_argument("--sha256", help="expected SHA256 of --checkpoint")
+    g.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+
+
+def add_intensity_args(p: argparse.ArgumentParser) -> None:
+    """--preset, --level, --width."""
+    g = p.add_argument_group("intensity")
+    g.add_argument(
+        "--preset",
+        help=f"intensity preset: {', '.join(PRESET_CHOICES)} (default auto: CT abdomen window or MR percentile clip)",
+    )
+    g.add_argument("--level", type=float, help="explicit window level (with --width)")
+    g.add_argument("--width", type=float, help="explicit window width (with --level)")
+
+
+def add_cache_args(p: argparse.ArgumentParser) -> None:
+    """--cache-dir, --no-disk-cache."""
+    p.add_argument("--cache-dir", help="disk embedding cache folder (default: $SAMMED_HOME/embeddings)")
+    p.add_argument("--no-disk-cache", action="store_true", help="keep embeddings in memory only")
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """The model, intensity and cache arguments."""
+    add_model_args(p)
+    add_intensity_args(p)
+    add_cache_args(p)
+
+
+def read_image(args: argparse.Namespace, output: str | None = None) -> tuple[Any, int]:
+    """The ``image`` argument's volume and the array axis of ``--axis``, after checking that the folder of
+    ``output`` exists.
+
+    Raises:
+        ValueError: a missing output folder, an unreadable image, an unknown axis.
+    """
+    from ..geometry import axis_for_orientation
+    from ..io import read_volume
+
+    if output is not None and not Path(output).parent.exists():
+        raise ValueError(f"Output folder '{Path(output).parent}' does not exist; create it first.")
+    volume = read_volume(args.image)
+    return volume, axis_for_orientation(volume.direction_lps, getattr(args, "axis", "axial"))
+
+
+def read_labels_on_grid(path: str, volume: Any, what: str) -> Any:
+    """A label map that must lie on ``volume``'s grid (``what`` names it in the message).
+
+    Raises:
+        ValueError: unreadable, or another shape, spacing, origin or direction.
+    """
+    from ..io import read_volume
+
+    labels = read_volume(path)
+    if not volume.same_grid(labels):
+        raise ValueError(
+            f"The {what} '{path}' is not on the image grid: shape {labels.shape_kji} vs {volume.shape_kji} (KJI), "
+            "or spacing, origin or direction differ; the annotation must be on the image grid."
+        )
+    return labels
+
+
+def make_cache(args: argparse.Namespace) -> Any:
+    """The embedding cache the arguments ask for (memory only, or with a disk tier)."""
+    from ..cache import EmbeddingCache
+    from ..models import sammed_home
+
+    if getattr(args, "no_disk_cache", False):
+        return EmbeddingCache()
+    return EmbeddingCache(disk_dir=getattr(args, "cache_dir", None) or sammed_home() / "embeddings")
+
+
+def make_backend(args: argparse.Namespace) -> Any:
+    """The model the arguments ask for, with verified weights."""
+    from ..models import load_backend
+
+    return load_backend(args.model, device=args.device, checkpoint=args.checkpoint, arch=args.arch, sha256=args.sha256)
+
+
+def make_mapping(args: argparse.Namespace, volume: Any) -> Any:
+    """The intensity mapping of the arguments (checked before any model loads)."""
+    from ..intensity import make_mapping as mapping_for
+
+    return mapping_for(volume.array_kji, args.preset, args.level, args.width)
+
+
+def make_segmenter(args: argparse.Namespace, volume: Any, mapping: Any = None) -> Any:
+    """A ``Segmenter`` on ``volume`` with the arguments' model, intensity mapping and cache."""
+    from ..segmenter import Segmenter
+
+    return Segmenter(volume, make_backend(args), mapping or make_mapping(args, volume), make_cache(args))
+
+
+def check_model_choice(args: argparse.Namespace) -> None:
+    """Raises ValueError for an unknown --model before anything is loaded."""
+    from ..models import get_spec
+
+    if args.checkpoint is None:
+        get_spec(args.model)
+
+
+def parse_floats(text: str, n: int | None = None, what: str = "value") -> list[float]:
+    """Comma-separated numbers.
+
+    Raises:
+        ValueError: not numbers, or not ``n`` of them.
+    """
+    try:
+        vals = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"Cannot read {what} '{text}': give comma-separated numbers.") from None
+    if n is not None and len(vals) != n:
+        raise ValueError(f"{what} needs {n} numbers, got {len(vals)} in '{text}'.")
+    return vals
+
+
+def parse_ints(text: str | None, what: str) -> list[int] | None:
+    """Comma-separated whole numbers (None for None)."""
+    return None if text is None else [int(v) for v in parse_floats(text, None, what)]
+
+
+def parse_points(texts: list[str] | None) -> np.ndarray | None:
+    """Repeated ``x,y`` options -> Nx2 array (None when there are none)."""
+    if not texts:
+        return None
+    return np.array([parse_floats(t, 2, "point x,y") for t in texts], dtype=float)
+
+
+def tqdm_progress(desc: str) -> Callable[[float, str], None]:
+    """A ``progress(fraction, message)`` callable drawing a tqdm bar on stderr (``.close()`` ends it)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=1000, desc=desc, unit="‰", leave=True, file=sys.stderr, bar_format="{l_bar}{bar}| {postfix}")
+
+    def progress(fraction: float, message: str) -> None:
+        bar.n = int(round(1000 * min(max(fraction, 0.0), 1.0)))
+        bar.set_postfix_str(message, refresh=True)
+
+    progress.close = bar.close  # type: ignore[attr-defined]
+    return progress
+
+
+@contextmanager
+def cancel_on_sigterm() -> Iterator[CancelToken]:
+    """A ``CancelToken`` that SIGTERM sets while the block runs (Ctrl+C raises KeyboardInterrupt as usual)."""
+    token = CancelToken()
+    old = signal.signal(signal.SIGTERM, lambda *_: token.cancel())
+    try:
+        yield token
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextmanager
+def progress_reporter(json_lines: bool, desc: str) -> Iterator[Any]:
+    """JSON-lines progress on stdout (``--json``) or a progress bar on stderr, closed at the end."""
+    from ..jobs import JsonLinesReporter
+
+    if json_lines:
+        yield JsonLinesReporter()
+        return
+    bar = tqdm_progress(desc)
+    try:
+        yield bar
+    finally:
+        bar.close()  # type: ignore[attr-defined]

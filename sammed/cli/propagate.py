@@ -1,0 +1,157 @@
+"""``sammed propagate``: fill a volume from seed slices (sliding window, threshold propagation or SAP-Net).
+
+Examples::
+
+    sammed propagate ct.nii.gz --slice 106 --box 23,28,82,87 -o liver.nii.gz --report liver.json
+    sammed propagate ct.nii.gz --seed seeds.nii.gz --label 5 --generator sapnet -o liver.nii.gz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..jobs import EXIT_CANCELLED
+from ..jobs import EXIT_OK
+from ..propagate import GENERATORS
+from .options import add_common_args
+from .options import cancel_on_sigterm
+from .options import make_segmenter
+from .options import parse_floats
+from .options import parse_ints
+from .options import progress_reporter
+from .options import read_image
+from .options import read_labels_on_grid
+
+SUMMARY_KEYS = ("generator", "axis", "cancelled", "encoded", "seconds", "voxels", "counts")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the command to ``sammed``'s subparsers."""
+    p = sub.add_parser("propagate", help="fill a volume from seed slices (sliding window / threshold / SAP-Net)")
+    p.add_argument("image", help="NIfTI/NRRD/MHA file or DICOM folder")
+    p.add_argument("--seed", help="label map on the image grid with the annotated slices (seed masks)")
+    p.add_argument("--label", type=int, help="label value of the target in --seed (needed if it holds several)")
+    p.add_argument("--slices", help="use only these annotated slices of --seed, e.g. 40,52,60")
+    p.add_argument("--background-slices", help="SAP-Net: slices annotated as 'target absent', e.g. 5,100")
+    p.add_argument("--box", help="x0,y0,x1,y1 on --slice: SAM's mask from this tight box, refined, is the seed")
+    p.add_argument("--slice", type=int, help="slice of --box")
+    p.add_argument("--axis", default="axial", help="axial, coronal, sagittal or array axis 0/1/2 (KJI)")
+    p.add_argument("--generator", choices=list(GENERATORS), default="sliding")
+    p.add_argument("--range", help="first,last slice the generator may fill (default: all)")
+    p.add_argument("--context", choices=["repeat", "adjacent"], help="slice context of the encoder input")
+    p.add_argument("--margin", type=float, help="sliding window: box margin in pixels")
+    p.add_argument("--refine", help="intensity refinement: weight of SAM's logit (default 0.25), or 'off'")
+    p.add_argument("--min-iou", type=float, help="stop rule: minimum predicted IoU")
+    p.add_argument("--epochs", type=int, help="SAP-Net training steps")
+    p.add_argument("--seed-value", type=int, default=0, help="random seed")
+    p.add_argument("--out-label", type=int, help="label value written (default: --label or 1)")
+    p.add_argument("-o", "--output", required=True, help="label map: .nii.gz, .nrrd, .seg.nrrd, .mha")
+    p.add_argument("--report", help="JSON file with the per-slice table (status, prompt, IoU, area)")
+    p.add_argument("--json-progress", action="store_true", help="progress as JSON lines on stdout")
+    add_common_args(p)
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The ``PropagationConfig`` of the options.
+
+    Raises:
+        ValueError: a --refine that is neither a weight >= 0 nor 'off'.
+    """
+    from ..propagate import PropagationConfig
+
+    cfg = PropagationConfig(seed=args.seed_value)
+    if args.refine is not None:
+        cfg.refine = None if args.refine.strip().lower() == "off" else parse_floats(args.refine, 1, "--refine")[0]
+        if cfg.refine is not None and cfg.refine < 0:
+            raise ValueError(f"--refine must be a weight >= 0 or 'off'; got {args.refine}.")
+    if args.context:
+        cfg.context = args.context
+    if args.margin is not None:
+        cfg.margin = args.margin
+    if args.min_iou is not None:
+        cfg.rules.min_iou = args.min_iou
+    if args.epochs is not None:
+        cfg.sap_epochs = args.epochs
+    return cfg
+
+
+def _slice_range(args: argparse.Namespace) -> tuple[int, int] | None:
+    rng = parse_ints(args.range, "--range first,last")
+    if rng is not None and len(rng) != 2:
+        raise ValueError("--range needs first,last.")
+    return None if rng is None else (rng[0], rng[1])
+
+
+def _seeds_from_file(args: argparse.Namespace, volume: Any, axis: int) -> tuple[dict[int, np.ndarray], int]:
+    from ..propagate import seeds_from_labelmap
+
+    seed_vol = read_labels_on_grid(args.seed, volume, "seed label map")
+    return seeds_from_labelmap(
+        np.asarray(seed_vol.array_kji),
+        axis,
+        args.label,
+        parse_ints(args.slices, "--slices"),
+        parse_ints(args.background_slices, "--background-slices"),
+    )
+
+
+def _check_box(args: argparse.Namespace, volume: Any, axis: int) -> list[float]:
+    from .. import geometry
+
+    if args.slice is None:
+        raise ValueError("--box needs --slice.")
+    box = parse_floats(args.box, 4, "--box x0,y0,x1,y1")
+    geometry.check_index(volume.shape_kji, axis, args.slice)
+    geometry.check_box(box, geometry.slice_shape(volume.shape_kji, axis))
+    return box
+
+
+def _write_outputs(args: argparse.Namespace, volume: Any, result: Any, label: int) -> dict:
+    from ..io import write_labelmap
+
+    out = Path(args.output)
+    value = args.out_label or label
+    labels_kji = result.mask_kji.astype(np.uint16 if value > 255 else np.uint8) * value
+    write_labelmap(out, labels_kji, volume, {value: f"label_{value}"})
+    report = result.to_json()
+    report["output"] = str(out)
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=1))
+    summary = {k: report[k] for k in SUMMARY_KEYS}
+    summary["output"] = str(out)
+    return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fill the volume from the seeds and write the label map (and the report)."""
+    from ..propagate import propagate
+    from ..propagate import seed_from_box
+
+    volume, axis = read_image(args, args.output)
+    slice_range = _slice_range(args)
+    if (args.seed is None) == (args.box is None):
+        raise ValueError("Give either --seed (a label map) or --box with --slice.")
+    label = args.label or 1
+    box = None
+    if args.seed is not None:
+        masks, label = _seeds_from_file(args, volume, axis)
+    else:
+        box = _check_box(args, volume, axis)
+    cfg = config_from_args(args)
+    seg = make_segmenter(args, volume)
+    if box is not None:
+        masks = {args.slice: seed_from_box(seg, axis, args.slice, box, cfg.refine)[0]}
+    with cancel_on_sigterm() as token, progress_reporter(args.json_progress, f"propagate ({args.generator})") as bar:
+        res = propagate(seg, masks, axis, args.generator, cfg, slice_range, progress=bar, should_stop=token)
+        summary = _write_outputs(args, volume, res, label)
+        if args.json_progress:
+            bar.result(summary)
+    if not args.json_progress:
+        print(json.dumps(summary))
+    return EXIT_CANCELLED if res.cancelled else EXIT_OK
