@@ -24,6 +24,30 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def time_fit(seg, masks: dict, cfg, label: int, n: int, repeat: int) -> dict:
+    """One timed fit: training time, whole call, CPU time and the machine's load before it."""
+    from sammed.assist import fit_prompt_encoder
+
+    load = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), time.process_time()
+    learned = fit_prompt_encoder(seg, masks, target=f"label-{label}", config=cfg)
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
+    prompts = learned.steps_done * n * cfg.prompts_per_slice
+    return {
+        "slices": n,
+        "repeat": repeat,
+        "fit_seconds": round(learned.seconds, 2),
+        "call_seconds": round(total, 2),
+        "steps": learned.steps_done,
+        "prompts_decoded": prompts,
+        "seconds_per_prompt": round(learned.seconds / prompts, 4),
+        "final_loss": round(learned.history[-1], 4),
+        "loadavg_1min_before": round(load, 2),
+        "cpu_seconds": round(cpu, 2),
+        "idle_2core_estimate_seconds": round(cpu / 2, 2),
+    }
+
+
 def main() -> None:
     warnings.simplefilter("ignore")
     ap = argparse.ArgumentParser()
@@ -38,7 +62,6 @@ def main() -> None:
 
     from sammed.assist import AssistConfig
     from sammed.assist import annotations_from_labels
-    from sammed.assist import fit_prompt_encoder
     from sammed.cache import EmbeddingCache
     from sammed.demo import example_paths
     from sammed.evaluate.assist import choose_training_slices
@@ -60,25 +83,8 @@ def main() -> None:
         for s in slices:  # cache first: the benchmark times training on cached embeddings
             seg.embedding(0, s)
         for r in range(args.repeats):
-            load = os.getloadavg()[0]
-            t0, c0 = time.perf_counter(), time.process_time()
-            learned = fit_prompt_encoder(seg, masks, target=f"label-{args.label}", config=cfg)
-            total, cpu = time.perf_counter() - t0, time.process_time() - c0
-            row = {
-                "slices": n,
-                "repeat": r,
-                "fit_seconds": round(learned.seconds, 2),
-                "call_seconds": round(total, 2),
-                "steps": learned.steps_done,
-                "prompts_decoded": learned.steps_done * n * cfg.prompts_per_slice,
-                "seconds_per_prompt": round(learned.seconds / (learned.steps_done * n * cfg.prompts_per_slice), 4),
-                "final_loss": round(learned.history[-1], 4),
-                "loadavg_1min_before": round(load, 2),
-                "cpu_seconds": round(cpu, 2),
-                "idle_2core_estimate_seconds": round(cpu / 2, 2),
-            }
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            rows.append(time_fit(seg, masks, cfg, args.label, n, r))
+            print(json.dumps(rows[-1]), flush=True)
     result = {
         "benchmark": "assist_fit_time",
         "model": backend.model_id,

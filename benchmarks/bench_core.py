@@ -35,6 +35,30 @@ def pct(values, q):
     return float(np.percentile(values, q))
 
 
+def click_latencies(seg, idx: int, ref: np.ndarray, box: np.ndarray, repeats: int) -> tuple[list, list]:
+    """Cached click-to-mask through ``Segmenter.segment`` and the bare ``backend.decode`` with the same prompt on the
+    same embedding, alternating, after 5 warm-up rounds: (segment seconds, decode seconds)."""
+    rng = np.random.default_rng(0)
+    rows, cols = np.nonzero(ref)
+    emb32 = np.array(seg.embedding(0, idx), dtype=np.float32)
+    geom = seg.input_geometry(0)
+    full, bare = [], []
+    for r in range(repeats + 5):
+        k = rng.integers(len(rows))
+        pts = np.array([[cols[k], rows[k]]], dtype=float)
+        t = time.perf_counter()
+        seg.segment(0, idx, box_xyxy=box, points_xy=pts, point_labels=[1])
+        t_full = time.perf_counter() - t
+        prompts = Prompts.make(box, pts, [1]).checked(ref.shape)
+        t = time.perf_counter()
+        seg.backend.decode(emb32, prompts, geom)
+        t_bare = time.perf_counter() - t
+        if r >= 5:  # warm-up
+            full.append(t_full)
+            bare.append(t_bare)
+    return full, bare
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -62,26 +86,8 @@ def main() -> int:
         seg.embedding(0, idx - 1 - i)
         enc.append(time.perf_counter() - t)
 
-    # cached click-to-mask vs bare decoder call (same prompt, same embedding)
-    rng = np.random.default_rng(0)
-    rows, cols = np.nonzero(ref)
     encodes_before = seg.cache.stats.encodes
-    emb32 = np.array(seg.embedding(0, idx), dtype=np.float32)
-    geom = seg.input_geometry(0)
-    full, bare = [], []
-    for r in range(args.repeats + 5):
-        k = rng.integers(len(rows))
-        pts = np.array([[cols[k], rows[k]]], dtype=float)
-        t = time.perf_counter()
-        seg.segment(0, idx, box_xyxy=box, points_xy=pts, point_labels=[1])
-        t_full = time.perf_counter() - t
-        prompts = Prompts.make(box, pts, [1]).checked(ref.shape)
-        t = time.perf_counter()
-        backend.decode(emb32, prompts, geom)
-        t_bare = time.perf_counter() - t
-        if r >= 5:  # warm-up
-            full.append(t_full)
-            bare.append(t_bare)
+    full, bare = click_latencies(seg, idx, ref, box, args.repeats)
     for _ in range(20):
         seg.segment(0, idx, box_xyxy=box)
     re_encodes = seg.cache.stats.encodes - encodes_before

@@ -11,8 +11,14 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .segmenter import Segmenter
+
 
 DEMO_LABELS = {"liver": 5, "spleen": 1, "kidney_right": 2, "kidney_left": 3}
 CT_NAME = "example_ct.nii.gz"
@@ -43,13 +49,41 @@ def example_paths() -> dict[str, Path]:
     return {"ct": data / CT_NAME, "ct_labels": data / SEG_NAME, "mr": data / MR_NAME, "mr_labels": data / MR_SEG_NAME}
 
 
-def run_demo(out: str | Path, device: str = "auto") -> dict:
-    """Segment the bundled CT (one tight box per organ), write the outputs into ``out`` and return the summary."""
+def _segment_organ(segmenter: Segmenter, ref_kji: np.ndarray, axis: int) -> tuple[dict, Any, np.ndarray]:
+    """A tight box on the organ's largest slice: (row of the Dice table, result, reference slice)."""
     from .evaluate.metrics import dice
     from .geometry import box_from_mask
     from .geometry import extract_slice
-    from .geometry import insert_slice
     from .geometry import largest_slice
+
+    index = largest_slice(ref_kji, axis)
+    ref_hw = extract_slice(ref_kji, axis, index)
+    box = box_from_mask(ref_hw)
+    t = time.perf_counter()
+    result = segmenter.segment(axis, index, box_xyxy=box)
+    row = {
+        "axial_slice": index,
+        "box_xyxy": [int(v) for v in box],
+        "dice": round(dice(result.mask_hw, ref_hw), 4),
+        "predicted_iou": round(result.iou, 4),
+        "seconds": round(time.perf_counter() - t, 2),
+    }
+    return row, result, ref_hw
+
+
+def _table(rows: list[dict]) -> str:
+    table = ["| label | axial slice | Dice | predicted IoU | seconds |", "|---|---|---|---|---|"]
+    table += [
+        f"| {r['label']} | {r['axial_slice']} | {r['dice']:.3f} | {r['predicted_iou']:.3f} | {r['seconds']:.2f} |"
+        for r in rows
+    ]
+    return "\n".join(table) + "\n"
+
+
+def run_demo(out: str | Path, device: str = "auto") -> dict:
+    """Segment the bundled CT (one tight box per organ), write the outputs into ``out`` and return the summary."""
+    from .geometry import extract_slice
+    from .geometry import insert_slice
     from .io import read_volume
     from .io import write_labelmap
     from .models import load_backend
@@ -59,50 +93,27 @@ def run_demo(out: str | Path, device: str = "auto") -> dict:
     from .render import tile
     from .segmenter import Segmenter
 
-    data = demo_data_dir()
-    out = Path(out)
+    data, out, axis = demo_data_dir(), Path(out), 0
     out.mkdir(parents=True, exist_ok=True)
-    volume = read_volume(data / CT_NAME)
-    reference = read_volume(data / SEG_NAME)
+    volume, reference = read_volume(data / CT_NAME), read_volume(data / SEG_NAME)
     t0 = time.perf_counter()
     backend = load_backend("litemedsam", device=device)
     segmenter = Segmenter(volume, backend)
     labels_kji = np.zeros(volume.shape_kji, dtype=np.uint8)
     rows, panels = [], []
-    axis = 0
     for value, (name, ref_value) in enumerate(DEMO_LABELS.items(), start=1):
-        ref_kji = reference.array_kji == ref_value
-        index = largest_slice(ref_kji, axis)
-        ref_hw = extract_slice(ref_kji, axis, index)
-        box = box_from_mask(ref_hw)
-        t = time.perf_counter()
-        result = segmenter.segment(axis, index, box_xyxy=box)
-        seconds = time.perf_counter() - t
+        row, result, ref_hw = _segment_organ(segmenter, reference.array_kji == ref_value, axis)
+        index = row["axial_slice"]
         insert_slice(labels_kji, axis, index, np.where(result.mask_hw, value, extract_slice(labels_kji, axis, index)))
-        d = dice(result.mask_hw, ref_hw)
-        rows.append(
-            {
-                "label": name,
-                "axial_slice": index,
-                "box_xyxy": [int(v) for v in box],
-                "dice": round(d, 4),
-                "predicted_iou": round(result.iou, 4),
-                "seconds": round(seconds, 2),
-            }
-        )
+        rows.append({"label": name, **row})
         image = segmenter.mapping.apply(extract_slice(volume.array_kji, axis, index))
-        rgb = overlay_rgb(image, [result.mask_hw], reference=[ref_hw])
-        panels.append(display_orientation(rgb, axis, volume.direction_lps))
-    names = {v: n for v, n in enumerate(DEMO_LABELS, start=1)}
+        panels.append(
+            display_orientation(overlay_rgb(image, [result.mask_hw], reference=[ref_hw]), axis, volume.direction_lps)
+        )
     write_labelmap(out / "demo_mask.nii.gz", labels_kji, volume)
-    write_labelmap(out / "demo_mask.seg.nrrd", labels_kji, volume, names)
+    write_labelmap(out / "demo_mask.seg.nrrd", labels_kji, volume, dict(enumerate(DEMO_LABELS, start=1)))
     save_png(out / "demo_overlay.png", tile(panels, columns=2), scale=2)
-    table = ["| label | axial slice | Dice | predicted IoU | seconds |", "|---|---|---|---|---|"]
-    table += [
-        f"| {r['label']} | {r['axial_slice']} | {r['dice']:.3f} | {r['predicted_iou']:.3f} | {r['seconds']:.2f} |"
-        for r in rows
-    ]
-    text = "\n".join(table) + "\n"
+    text = _table(rows)
     (out / "dice.md").write_text("# sammed demo: LiteMedSAM, tight box on the largest axial slice\n\n" + text)
     summary = {
         "image": str(data / CT_NAME),
@@ -113,5 +124,4 @@ def run_demo(out: str | Path, device: str = "auto") -> dict:
         "outputs": ["demo_mask.nii.gz", "demo_mask.seg.nrrd", "demo_overlay.png", "dice.md", "dice.json"],
     }
     (out / "dice.json").write_text(json.dumps(summary, indent=1))
-    summary["table"] = text
-    return summary
+    return {**summary, "table": text}

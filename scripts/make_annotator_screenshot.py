@@ -11,8 +11,33 @@ from pathlib import Path
 
 import mrml
 import numpy as np
+from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def panel(image_hw, mask_hw, box_xyxy, volume, axis: int, caption: str, scale: int):
+    """One view: the slice with the mask, the box outline in yellow, in display orientation and physical aspect,
+    with a caption."""
+    from PIL import Image
+    from PIL import ImageDraw
+
+    from sammed import geometry
+    from sammed import render
+
+    box_hw = np.zeros_like(mask_hw)
+    x0, y0, x1, y1 = np.asarray(box_xyxy).astype(int)
+    box_hw[y0 : y1 + 1, x0 : x1 + 1] = True
+    rgb = render.overlay_rgb(image_hw, [mask_hw], alpha=0.4)
+    rgb[box_hw & ~ndimage.binary_erosion(box_hw)] = (250, 220, 40)
+    rgb = render.display_orientation(rgb, axis, volume.direction_lps)
+    sr, sc = geometry.pixel_spacing(volume.spacing_ijk, axis)  # stretch rows by their spacing relative to columns
+    img = Image.fromarray(np.ascontiguousarray(rgb))
+    img = img.resize((int(img.width * scale), int(img.height * scale * sr / sc)), Image.Resampling.NEAREST)
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([0, img.height - 20, img.width, img.height], fill=(0, 0, 0))
+    draw.text((8, img.height - 16), caption, fill=(255, 255, 255))
+    return img
 
 
 def render_annotator_screenshot(path: str | Path, backend=None, scale: int = 3) -> dict:
@@ -23,7 +48,6 @@ def render_annotator_screenshot(path: str | Path, backend=None, scale: int = 3) 
         {"axial": Dice, "coronal": Dice} against the reference labels on each slice.
     """
     from PIL import Image
-    from PIL import ImageDraw
     from SAMMedAnnotatorLib.Annotator import Annotator
 
     from sammed import geometry
@@ -59,29 +83,8 @@ def render_annotator_screenshot(path: str | Path, backend=None, scale: int = 3) 
         mask_hw = geometry.extract_slice(SegmentIO.segmentArray(seg, liver_id, node), axis, index).astype(bool)
         scores[name] = mrml.dice(mask_hw, ref_hw)
         image_hw = mapping.apply(geometry.extract_slice(mrml.slicer_array(node), axis, index))
-        box_hw = np.zeros_like(mask_hw)
-        x0, y0, x1, y1 = prompts.box_xyxy.astype(int)
-        box_hw[y0 : y1 + 1, x0 : x1 + 1] = True
-        rgb = render.overlay_rgb(image_hw, [mask_hw], alpha=0.4)
-        edge = (
-            box_hw & ~np.pad(box_hw, 1)[2:, 1:-1]
-            | box_hw & ~np.pad(box_hw, 1)[:-2, 1:-1]
-            | box_hw & ~np.pad(box_hw, 1)[1:-1, 2:]
-            | box_hw & ~np.pad(box_hw, 1)[1:-1, :-2]
-        )
-        rgb[edge] = (250, 220, 40)
-        rgb = render.display_orientation(rgb, axis, volume.direction_lps)
-        # physical aspect: stretch rows by their spacing relative to columns
-        sr, sc = geometry.pixel_spacing(volume.spacing_ijk, axis)
-        img = Image.fromarray(np.ascontiguousarray(rgb))
-        img = img.resize((int(img.width * scale), int(img.height * scale * sr / sc)), Image.Resampling.NEAREST)
-        draw = ImageDraw.Draw(img)
-        draw.rectangle([0, img.height - 20, img.width, img.height], fill=(0, 0, 0))
-        draw.text(
-            (8, img.height - 16),
-            f"{name} slice {index}: LiteMedSAM box -> liver, Dice {scores[name]:.3f}",
-            fill=(255, 255, 255),
-        )
+        caption = f"{name} slice {index}: LiteMedSAM box -> liver, Dice {scores[name]:.3f}"
+        img = panel(image_hw, mask_hw, prompts.box_xyxy, volume, axis, caption, scale)
         panels.append(np.asarray(img))
     Image.fromarray(render.tile(panels, columns=2)).save(path)
     annotator.cleanup()

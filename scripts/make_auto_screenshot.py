@@ -95,11 +95,19 @@ gen_slices = review.generatedSlices()
 gen = acc & SegmentIO.slicesMask(acc.shape, 0, gen_slices)
 # coronal: array axis 1 at the liver's largest coronal slice; rows = K (flip so superior is up), cols = I
 j = largest_slice(liver, 1)
+
+
 # The CT's LPS direction is diag(-1, -1, 1): I increases towards the patient's right, J towards anterior. Slicer
 # shows the patient's right on the left and anterior at the top, so columns (I) are flipped in both views and rows
 # (J) in the axial view; coronal rows are K, flipped so that superior is up.
-cor = lambda v: np.flipud(v[:, j, :])[:, ::-1]  # noqa: E731
-axial = lambda v: v[::-1, ::-1]  # noqa: E731
+def cor(v):
+    return np.flipud(v[:, j, :])[:, ::-1]
+
+
+def axial(v):
+    return v[::-1, ::-1]
+
+
 cor_img = overlay(
     window(cor(arr)),
     [(cor(gen), (60, 200, 90), 0.45), (cor(user), (250, 200, 40), 0.8), (outline(cor(liver)), (230, 60, 60), 1.0)],

@@ -158,6 +158,32 @@ def test_bad_input_is_a_clear_error(synthetic, case, message):
         propagate(seg, masks, **kw)
 
 
+@pytest.mark.parametrize("generator", ["sliding", "threshold"])
+def test_on_slice_reports_every_final_slice_once_with_its_mask(synthetic, generator):
+    seg, ref = synthetic
+    s = largest_slice(ref, 0)
+    seen = []
+    res = propagate(
+        seg,
+        {s: ref[s]},
+        generator=generator,
+        config=_rules_off_config(n_points=4),
+        on_slice=lambda rec, mask: seen.append((rec, None if mask is None else mask.copy())),
+    )
+    assert sorted(r.index for r, _ in seen) == [r.index for r in res.records if r.status != "user"]
+    for rec, mask in seen:
+        assert (mask is not None) == (rec.status == "generated")
+        if mask is not None:
+            np.testing.assert_array_equal(mask, res.mask_kji[rec.index])
+
+
+def test_the_registry_names_every_generator_and_runs_them_by_name(synthetic):
+    seg, ref = synthetic
+    assert list(GENERATORS) == ["sliding", "threshold", "sapnet"] and all(callable(g) for g in GENERATORS.values())
+    with pytest.raises(ValueError, match="use one of sliding, threshold, sapnet"):
+        propagate(seg, {10: ref[10]}, generator="magic")
+
+
 def test_threshold_generator_runs_on_fake(synthetic):
     seg, ref = synthetic
     s = largest_slice(ref, 0)

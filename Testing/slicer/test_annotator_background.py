@@ -143,3 +143,27 @@ def test_learn_case_needs_segmented_slices(cube_case):
     seg, (sid,) = mrml.add_segmentation(scene, node, ("cube",))
     with pytest.raises(ValueError, match="Segment a few slices"):
         annotator.learnCase(seg, sid, axis=0)
+
+
+def test_sammed_auto_reuses_the_annotators_embeddings_through_the_shared_session(cube_case):
+    """SAMMed Auto asks the session (not the annotator) for the volume's segmenter: the same object, so slices the
+    annotator encoded are not encoded again by a propagation."""
+    from SAMMedAutoLib.AutoReview import AutoReview
+    from SAMMedLib import SegmentIO
+
+    scene, node, annotator, backend = cube_case
+    annotator.precompute(0, 20, radius=3)
+    assert annotator.worker.wait_idle(10)
+    encoded = backend.encode_calls
+    segmenter = annotator.session.segmenter(node)
+    assert segmenter is annotator.segmenter
+    seg, (sid,) = mrml.add_segmentation(scene, node, ("cube",))
+    user = np.zeros((40, 48, 48), bool)
+    user[20, 12:36, 12:36] = True
+    SegmentIO.setSegmentMask(seg, sid, user, node)
+    review = AutoReview(seg, sid, node)
+    review.start(segmenter, axis=0, sliceRange=(17, 23))
+    assert review.wait(30) == "done", review.error
+    assert review.result.encoded == 0 and backend.encode_calls == encoded
+    assert review.generatedSlices() == [17, 18, 19, 21, 22, 23]
+    review.close()

@@ -161,3 +161,25 @@ def test_files_stay_small():
         if (n := len(p.read_text(encoding="utf-8").splitlines())) > 520
     }
     assert not big, f"files over ~500 lines: {big}"
+
+
+def test_functions_stay_short():
+    """No function body (signature and docstring not counted) over ~60 lines."""
+    long = []
+    for folder in (
+        "sammed",
+        "SAMMedLib",
+        "SegmentEditorSAMMedLib",
+        "SAMMedAnnotator",
+        "SAMMedAuto",
+        "benchmarks",
+        "scripts",
+    ):
+        for path in python_files(folder):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    body = node.body[1:] if ast.get_docstring(node) and len(node.body) > 1 else node.body
+                    lines = node.end_lineno - body[0].lineno + 1
+                    if lines > 62:
+                        long.append(f"{path.relative_to(ROOT)}:{node.name} ({lines})")
+    assert not long, f"functions over ~60 lines: {long}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
@@ -17,6 +17,9 @@ from scipy import ndimage
 from .. import geometry
 from ..prompts import Prompts
 from .config import AssistConfig
+
+if TYPE_CHECKING:
+    from ..segmenter import Segmenter
 
 
 class SliceSampler:
@@ -93,7 +96,7 @@ def _normalise(w: np.ndarray) -> np.ndarray:
     return np.full(len(w), 1.0 / len(w)) if s <= 0 or not np.isfinite(s) else w / s
 
 
-def check_annotations(segmenter: Any, masks: Mapping[int, np.ndarray], axis: int) -> dict[int, np.ndarray]:
+def check_annotations(segmenter: Segmenter, masks: Mapping[int, np.ndarray], axis: int) -> dict[int, np.ndarray]:
     """The annotated slices as bool masks, checked against the segmenter's volume.
 
     Raises:

@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,10 @@ from .train import check_backend
 from .train import check_base
 from .train import fit_prompt_encoder
 from .train import new_routed
+
+if TYPE_CHECKING:
+    from ..segmenter import Segmenter
+
 
 FORMAT = "sammed-assist"
 FORMAT_VERSION = 1
@@ -140,7 +145,7 @@ def load_learned(path: str | os.PathLike, backend: Any) -> LearnedPromptEncoder:
     return learned
 
 
-def load_for(segmenter: Any, target: str, folder: str | os.PathLike) -> LearnedPromptEncoder | None:
+def load_for(segmenter: Segmenter, target: str, folder: str | os.PathLike) -> LearnedPromptEncoder | None:
     """Load and attach the learned encoder of (this volume, ``target``, this model) from ``folder`` if present.
 
     Returns:
@@ -155,7 +160,7 @@ def load_for(segmenter: Any, target: str, folder: str | os.PathLike) -> LearnedP
 
 
 def fit_and_save(
-    segmenter: Any,
+    segmenter: Segmenter,
     masks: Mapping[int, np.ndarray],
     path: str | os.PathLike,
     axis: int = 0,

@@ -31,6 +31,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
+from typing import TYPE_CHECKING
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,9 @@ from .config import PROMPT_KINDS
 from .config import AssistConfig
 from .sampling import SliceSampler
 from .sampling import check_annotations
+
+if TYPE_CHECKING:
+    from ..segmenter import Segmenter
 
 
 @dataclass
@@ -180,7 +184,7 @@ class _Fit:
 
 
 def _load_data(
-    segmenter: Any,
+    segmenter: Segmenter,
     masks: dict[int, np.ndarray],
     axis: int,
     cfg: AssistConfig,
@@ -202,8 +206,8 @@ def _load_data(
     return data
 
 
-def _new_fit(segmenter: Any, data: list, axis: int, cfg: AssistConfig, device: torch.device) -> _Fit:
-    backend = segmenter.backend
+def _new_fit(segmenter: Segmenter, data: list, axis: int, cfg: AssistConfig, device: torch.device) -> _Fit:
+    backend: Any = segmenter.backend  # a SamFamilyBackend (check_backend)
     decoder = backend.model.mask_decoder
     if device != backend.device:
         decoder = copy.deepcopy(decoder).to(device)
@@ -267,8 +271,24 @@ def _train_step(fit: _Fit, cfg: AssistConfig, rng: np.random.Generator) -> float
     return total
 
 
+def _train(
+    fit: _Fit, cfg: AssistConfig, rng: np.random.Generator, progress: ProgressFn | None, should_stop: StopFn | None
+) -> list[float]:
+    """The optimisation steps (until ``cfg.steps`` or the time budget); returns the loss per step."""
+    history: list[float] = []
+    start = time.perf_counter()
+    for step in range(cfg.steps):
+        check_stop(should_stop)
+        history.append(_train_step(fit, cfg, rng))
+        if progress:
+            progress((step + 1) / cfg.steps, f"step {step + 1}/{cfg.steps} loss {history[-1]:.4f}")
+        if cfg.time_budget_s is not None and time.perf_counter() - start >= cfg.time_budget_s:
+            break
+    return history
+
+
 def fit_prompt_encoder(
-    segmenter: Any,
+    segmenter: Segmenter,
     masks: Mapping[int, np.ndarray],
     axis: int = 0,
     target: str = "target",
@@ -298,7 +318,7 @@ def fit_prompt_encoder(
     """
     cfg = config or AssistConfig()
     cfg.check()
-    backend = segmenter.backend
+    backend: Any = segmenter.backend  # a SamFamilyBackend (check_backend)
     check_backend(backend)
     if not str(target).strip():
         raise ValueError("Give the target a name (e.g. liver).")
@@ -309,15 +329,8 @@ def fit_prompt_encoder(
     torch.manual_seed(cfg.seed)
     data = _load_data(segmenter, checked, axis, cfg, segmenter.input_geometry(axis), device, progress, should_stop)
     fit = _new_fit(segmenter, data, axis, cfg, device)
-    history: list[float] = []
     start = time.perf_counter()
-    for step in range(cfg.steps):
-        check_stop(should_stop)
-        history.append(_train_step(fit, cfg, rng))
-        if progress:
-            progress((step + 1) / cfg.steps, f"step {step + 1}/{cfg.steps} loss {history[-1]:.4f}")
-        if cfg.time_budget_s is not None and time.perf_counter() - start >= cfg.time_budget_s:
-            break
+    history = _train(fit, cfg, rng, progress, should_stop)
     module = fit.module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
@@ -337,7 +350,7 @@ def fit_prompt_encoder(
 
 
 # ---------------------------------------------------------------------- engine hook
-def attach(segmenter: Any, learned: LearnedPromptEncoder, allow_other_volume: bool = False) -> None:
+def attach(segmenter: Segmenter, learned: LearnedPromptEncoder, allow_other_volume: bool = False) -> None:
     """Make ``segmenter`` decode with ``learned`` (``segmenter.use_learned = False`` goes back to the original).
 
     Raises:
@@ -353,7 +366,7 @@ def attach(segmenter: Any, learned: LearnedPromptEncoder, allow_other_volume: bo
     segmenter.use_learned = True
 
 
-def detach(segmenter: Any) -> None:
+def detach(segmenter: Segmenter) -> None:
     """Remove the learned prompt encoder from ``segmenter`` (decoding uses the original one)."""
     segmenter.prompt_encoder = None
 

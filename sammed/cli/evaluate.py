@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Any
 
 from .options import add_common_args
@@ -12,6 +13,10 @@ from .options import make_segmenter
 from .options import read_image
 from .options import read_labels_on_grid
 from .options import tqdm_progress
+
+if TYPE_CHECKING:
+    from ..segmenter import Segmenter
+
 
 PROTOCOLS = ("interactive", "assist", "propagation")
 
@@ -66,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_protocol(
     args: argparse.Namespace,
-    segmenter: Any,
+    segmenter: Segmenter,
     labels_kji: Any,
     label_ids: dict[str, int],
     axis: int,

@@ -14,8 +14,10 @@ Dice per slice, averaged over the evaluation slices of a label, then over labels
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -173,28 +175,34 @@ def run_assist_protocol(
         ValueError: labels that do not match the image.
     """
     from ..assist import AssistConfig
-    from ..assist import fit_prompt_encoder
 
     labels_kji = np.asarray(labels_kji)
     if labels_kji.shape != tuple(segmenter.volume.shape_kji):
         raise ValueError(f"The label map has shape {labels_kji.shape}, the image {segmenter.volume.shape_kji}.")
     base_cfg = config or AssistConfig()
     saved = (segmenter.prompt_encoder, segmenter.use_learned)
-    result: dict[str, Any] = {
-        "labels": {},
-        "mean": {},
-        "skipped": [],
-        "settings": {
-            "n_train": list(n_train),
-            "clicks": list(clicks),
-            "seed": seed,
-            "axis": axis,
-            "max_eval_slices": max_eval_slices,
-            "composite": composite,
-            "model": segmenter.backend.model_id,
-            "config": {k: v for k, v in vars(base_cfg).items()},
-        },
-    }
+    settings = dict(
+        n_train=list(n_train),
+        clicks=list(clicks),
+        seed=seed,
+        axis=axis,
+        max_eval_slices=max_eval_slices,
+        composite=composite,
+        model=segmenter.backend.model_id,
+        config=dict(vars(base_cfg)),
+    )
+    result: dict[str, Any] = {"labels": {}, "mean": {}, "skipped": [], "settings": settings}
+    run = _LabelRun(
+        segmenter,
+        labels_kji,
+        axis,
+        seed,
+        clicks,
+        composite,
+        max_eval_slices,
+        AssistConfig(**{**vars(base_cfg), "seed": seed}),
+        should_stop,
+    )
     todo = [(name, int(v)) for name, v in label_ids.items()]
     t0 = time.perf_counter()
     try:
@@ -205,50 +213,90 @@ def run_assist_protocol(
                 continue
             entry: dict[str, Any] = {"label": value, "fg_slices": len(fg), "runs": {}}
             zero_cache: dict[int, dict] = {}
-            for n in n_train:
-                rng = np.random.default_rng([seed, value, n])
-                train = choose_training_slices(fg, n, rng)
-                evals = [s for s in fg if s not in train]
-                if max_eval_slices and len(evals) > max_eval_slices:
-                    pick = np.linspace(0, len(evals) - 1, max_eval_slices).round().astype(int)
-                    evals = [evals[i] for i in sorted(set(pick.tolist()))]
-                masks = {s: extract_slice(labels_kji, axis, s) == value for s in train}
-                cfg = AssistConfig(**{**vars(base_cfg), "seed": seed})
-                learned = fit_prompt_encoder(
-                    segmenter, masks, axis=axis, target=name, config=cfg, should_stop=should_stop
+            for k, n in enumerate(n_train):
+                report = _reporter(
+                    progress, f"{name}: {n} training slices", (li * len(n_train) + k, len(todo) * len(n_train)), t0
                 )
-                segmenter.prompt_encoder = learned.module
-                zs, lr = [], []
-                for si, s in enumerate(evals):
-                    check_stop(should_stop)
-                    ref = extract_slice(labels_kji, axis, s) == value
-                    if s not in zero_cache:
-                        zero_cache[s] = evaluate_slice(
-                            segmenter, axis, s, ref, False, seed, value, clicks, composite=composite
-                        )
-                    zs.append(zero_cache[s])
-                    lr.append(evaluate_slice(segmenter, axis, s, ref, True, seed, value, clicks, composite=composite))
-                    if progress:
-                        frac = (li + (n_train.index(n) + (si + 1) / len(evals)) / len(n_train)) / len(todo)
-                        progress(
-                            frac,
-                            f"{name}: {n} training slices, slice {si + 1}/{len(evals)} "
-                            f"({time.perf_counter() - t0:.0f} s)",
-                        )
-                entry["runs"][str(n)] = {
-                    "train_slices": train,
-                    "eval_slices": len(evals),
-                    "fit_seconds": round(learned.seconds, 2),
-                    "steps": learned.steps_done,
-                    "final_loss": round(learned.history[-1], 4),
-                    "zero_shot": _mean(zs),
-                    "learned": _mean(lr),
-                }
+                entry["runs"][str(n)] = run.run(name, value, fg, n, zero_cache, report)
             result["labels"][name] = entry
     finally:
         segmenter.prompt_encoder, segmenter.use_learned = saved
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return summarise(result)
+
+
+def _reporter(progress: ProgressFn | None, what: str, part: tuple[int, int], t0: float) -> Callable[[int, int], None]:
+    """``report(done, total)`` for the ``part[0]``-th of ``part[1]`` equal parts of the whole protocol."""
+
+    def report(done: int, total: int) -> None:
+        if progress:
+            elapsed = time.perf_counter() - t0
+            progress((part[0] + done / total) / part[1], f"{what}, slice {done}/{total} ({elapsed:.0f} s)")
+
+    return report
+
+
+@dataclass
+class _LabelRun:
+    """One label with ``n`` training slices: fit on slices drawn as in the paper, then every simulated user on the
+    held-out slices, zero-shot and with the learned encoder."""
+
+    segmenter: Segmenter
+    labels_kji: np.ndarray
+    axis: int
+    seed: int
+    clicks: tuple[int, ...]
+    composite: bool
+    max_eval_slices: int | None
+    config: AssistConfig
+    should_stop: StopFn | None
+
+    def eval_slices(self, fg: list[int], train: list[int]) -> list[int]:
+        evals = [s for s in fg if s not in train]
+        if self.max_eval_slices and len(evals) > self.max_eval_slices:
+            pick = np.linspace(0, len(evals) - 1, self.max_eval_slices).round().astype(int)
+            evals = [evals[i] for i in sorted(set(pick.tolist()))]
+        return evals
+
+    def run(
+        self,
+        name: str,
+        value: int,
+        fg: list[int],
+        n: int,
+        zero_cache: dict[int, dict],
+        report: Callable[[int, int], None],
+    ) -> dict:
+        from ..assist import fit_prompt_encoder
+
+        seg, axis = self.segmenter, self.axis
+        train = choose_training_slices(fg, n, np.random.default_rng([self.seed, value, n]))
+        evals = self.eval_slices(fg, train)
+        masks = {s: extract_slice(self.labels_kji, axis, s) == value for s in train}
+        learned = fit_prompt_encoder(
+            seg, masks, axis=axis, target=name, config=self.config, should_stop=self.should_stop
+        )
+        seg.prompt_encoder = learned.module
+        zs, lr = [], []
+        for si, s in enumerate(evals):
+            check_stop(self.should_stop)
+            ref = extract_slice(self.labels_kji, axis, s) == value
+            if s not in zero_cache:
+                zero_cache[s] = evaluate_slice(
+                    seg, axis, s, ref, False, self.seed, value, self.clicks, composite=self.composite
+                )
+            zs.append(zero_cache[s])
+            lr.append(evaluate_slice(seg, axis, s, ref, True, self.seed, value, self.clicks, composite=self.composite))
+            report(si + 1, len(evals))
+        return {
+            "train_slices": train,
+            "eval_slices": len(evals),
+            "fit_seconds": round(learned.seconds, 2),
+            "steps": learned.steps_done,
+            "final_loss": round(learned.history[-1], 4),
+            "zero_shot": _mean(zs),
+            "learned": _mean(lr),
+        }
 
 
 def summarise(result: dict) -> dict:

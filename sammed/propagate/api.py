@@ -16,7 +16,7 @@ it is final.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from .run import Context
 from .run import PropagationConfig
 from .run import PropagationResult
 from .run import SliceCallback
+
+if TYPE_CHECKING:
+    from ..segmenter import Segmenter
 
 
 def _seed_mask(index: int, mask: np.ndarray, shape_kji: tuple[int, ...], axis: int) -> np.ndarray:
@@ -61,7 +64,11 @@ def _slice_range(slice_range: tuple[int, int] | None, n: int, axis: int) -> tupl
 
 
 def _check_inputs(
-    segmenter: Any, user_masks: dict[int, np.ndarray], axis: int, generator: str, slice_range: tuple[int, int] | None
+    segmenter: Segmenter,
+    user_masks: dict[int, np.ndarray],
+    axis: int,
+    generator: str,
+    slice_range: tuple[int, int] | None,
 ) -> tuple[dict[int, np.ndarray], int, int]:
     """The user masks as bool and the inclusive slice range, or a ValueError saying what is wrong."""
     if generator not in GENERATORS:
@@ -85,7 +92,7 @@ def _check_inputs(
     return masks, lo, hi
 
 
-def with_context(segmenter: Any, context: str | None) -> Any:
+def with_context(segmenter: Segmenter, context: str | None) -> Segmenter:
     """The segmenter itself, or a sibling sharing volume/backend/mapping/cache with another slice context."""
     if context is None or context == segmenter.context:
         return segmenter
@@ -98,7 +105,7 @@ def with_context(segmenter: Any, context: str | None) -> Any:
 
 
 def propagate(
-    segmenter: Any,
+    segmenter: Segmenter,
     user_masks: dict[int, np.ndarray],
     axis: int = 0,
     generator: str = "sliding",

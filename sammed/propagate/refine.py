@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,10 @@ from numpy.typing import ArrayLike
 from scipy import ndimage
 
 from .. import geometry
+
+if TYPE_CHECKING:
+    from ..segmenter import Segmenter
+
 
 LOGIT_CLIP = 10.0
 
@@ -149,7 +154,7 @@ def refine_in_box(
 
 
 def seed_from_box(
-    segmenter: Any, axis: int, index: int, box_xyxy: ArrayLike, weight: float | None = 0.25
+    segmenter: Segmenter, axis: int, index: int, box_xyxy: ArrayLike, weight: float | None = 0.25
 ) -> tuple[np.ndarray, Any]:
     """Seed mask for propagation from a tight box on one slice: SAM's mask, refined (``weight`` None: not).
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from dataclasses import dataclass
 from dataclasses import field
+from typing import TYPE_CHECKING
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,10 @@ from ..jobs import ProgressFn
 from ..jobs import StopFn
 from ..prompts import Prompts
 from .stop import StopRules
+
+if TYPE_CHECKING:
+    from ..segmenter import Segmenter
+
 
 STATUSES = ("user", "generated", "empty", "stopped", "skipped")
 SliceCallback = Callable[["SliceRecord", "np.ndarray | None"], None]
@@ -183,7 +188,7 @@ class Context:
 
     def __init__(
         self,
-        segmenter: Any,
+        segmenter: Segmenter,
         user_masks: dict[int, np.ndarray],
         axis: int,
         config: PropagationConfig,
