@@ -350,7 +350,11 @@ class SAMMedAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return Dependencies.modelStatusText(modelId)
 
     def onClearCacheButton(self) -> None:
-        freed = self.logic.diskCache().clear_disk()
+        try:  # sammed/cache.py: refuses a folder it cannot prove is its own cache, deleting nothing
+            freed = self.logic.diskCache().clear_disk()
+        except ValueError as exc:
+            self.ui.statusLabel.text = str(exc)
+            return
         self.ui.statusLabel.text = _("Freed {mb:.1f} MB of cached embeddings.").format(mb=freed / 1e6)
         self.updateCacheButton()
 

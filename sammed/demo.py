@@ -25,6 +25,11 @@ CT_NAME = "example_ct.nii.gz"
 SEG_NAME = "example_seg_fast_force_split.nii.gz"
 MR_NAME = "example_mr_sm.nii.gz"
 MR_SEG_NAME = "example_seg_mr.nii.gz"
+DEMO_OUTPUTS = ("demo_mask.nii.gz", "demo_mask.seg.nrrd", "demo_overlay.png", "dice.md", "dice.json")
+LEGEND = [
+    "Colour: the LiteMedSAM mask from one box around the organ (the box is the reference label's bounding box).",
+    "White outline: the reference label (TotalSegmentator output). Radiological view: patient right on the left.",
+]
 
 
 def demo_data_dir() -> Path:
@@ -85,16 +90,19 @@ def run_demo(out: str | Path, device: str = "auto") -> dict:
     from .geometry import extract_slice
     from .geometry import insert_slice
     from .io import read_volume
-    from .io import write_labelmap
+    from .io import save_labelmap
     from .models import load_backend
+    from .outputs import Outputs
     from .render import display_orientation
+    from .render import figure
     from .render import overlay_rgb
     from .render import save_png
-    from .render import tile
     from .segmenter import Segmenter
 
     data, out, axis = demo_data_dir(), Path(out), 0
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # the CLI checked it is not a file
+    outputs = Outputs([])  # checked before the model loads; written together at the end
+    paths = [outputs.add(out / n, (n[n.index(".") :],), n) for n in DEMO_OUTPUTS]
     volume, reference = read_volume(data / CT_NAME), read_volume(data / SEG_NAME)
     t0 = time.perf_counter()
     backend = load_backend("litemedsam", device=device)
@@ -110,18 +118,21 @@ def run_demo(out: str | Path, device: str = "auto") -> dict:
         panels.append(
             display_orientation(overlay_rgb(image, [result.mask_hw], reference=[ref_hw]), axis, volume.direction_lps)
         )
-    write_labelmap(out / "demo_mask.nii.gz", labels_kji, volume)
-    write_labelmap(out / "demo_mask.seg.nrrd", labels_kji, volume, dict(enumerate(DEMO_LABELS, start=1)))
-    save_png(out / "demo_overlay.png", tile(panels, columns=2), scale=2)
+    captions = [f"{r['label']}, axial slice {r['axial_slice']}: Dice {r['dice']:.3f}" for r in rows]
+    picture = figure(panels, captions, LEGEND, columns=2, scale=2)
     text = _table(rows)
-    (out / "dice.md").write_text("# sammed demo: LiteMedSAM, tight box on the largest axial slice\n\n" + text)
     summary = {
         "image": str(data / CT_NAME),
         "model": backend.model_id,
         "device": str(backend.device),
         "rows": rows,
         "total_seconds": round(time.perf_counter() - t0, 1),
-        "outputs": ["demo_mask.nii.gz", "demo_mask.seg.nrrd", "demo_overlay.png", "dice.md", "dice.json"],
+        "outputs": list(DEMO_OUTPUTS),
     }
-    (out / "dice.json").write_text(json.dumps(summary, indent=1))
+    with outputs.commit() as temps:
+        save_labelmap(temps[paths[0]], labels_kji, volume)
+        save_labelmap(temps[paths[1]], labels_kji, volume, dict(enumerate(DEMO_LABELS, start=1)))
+        save_png(temps[paths[2]], picture)
+        temps[paths[3]].write_text("# sammed demo: LiteMedSAM, tight box on the largest axial slice\n\n" + text)
+        temps[paths[4]].write_text(json.dumps(summary, indent=1))
     return {**summary, "table": text}

@@ -71,14 +71,37 @@ def orientation_of_axis(direction_lps: np.ndarray, axis: int) -> str:
 
 
 def check_axis(axis: int) -> int:
-    """``axis`` as an int if it is 0, 1 or 2.
+    """``axis`` as an int if it is 0, 1 or 2 (an int or numpy integer, not a bool or float).
 
     Raises:
         ValueError: any other value.
     """
-    if isinstance(axis, bool) or axis not in (0, 1, 2):
-        raise ValueError(f"Axis {axis} is not 0, 1 or 2 (array axes of a KJI volume).")
+    if not _is_int(axis) or int(axis) not in (0, 1, 2):
+        raise ValueError(f"Axis {plain(axis)} is not 0, 1 or 2 (array axes of a KJI volume).")
     return int(axis)
+
+
+def _is_int(value: object) -> bool:
+    """An int or numpy integer, not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def plain(value: object) -> str:
+    """A value for a message: numpy scalars as plain Python numbers (``nan``, not ``np.float64(nan)``)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value) if isinstance(value, int) else repr(value)
+
+
+def plain_list(values: ArrayLike) -> str:
+    """Numbers as ``[nan, 1, 5, 5]`` for a message."""
+    try:
+        items = np.ravel(np.asarray(values, dtype=object)).tolist()
+    except (TypeError, ValueError):
+        return repr(values)
+    return "[" + ", ".join(plain(v) for v in items) + "]"
 
 
 def ijk_axis(axis: int) -> int:
@@ -102,12 +125,15 @@ def num_slices(shape_kji: tuple[int, ...], axis: int) -> int:
 
 
 def check_index(shape_kji: tuple[int, ...], axis: int, index: int) -> int:
-    """``index`` as an int if it is a slice of ``shape_kji`` on ``axis``.
+    """``index`` as an int if it is a slice of ``shape_kji`` on ``axis`` (an int or numpy integer).
 
     Raises:
+        TypeError: not a whole number (a float, str or bool).
         ValueError: out of range.
     """
     n = num_slices(shape_kji, axis)
+    if not _is_int(index):
+        raise TypeError(f"Slice index {plain(index)} ({type(index).__name__}) is not a whole number; give an int.")
     if not 0 <= int(index) < n:
         raise ValueError(f"Slice {index} is out of range on axis {axis}: the volume has slices 0..{n - 1} there.")
     return int(index)
@@ -156,17 +182,51 @@ def pixel_spacing(spacing_ijk: tuple[float, float, float], axis: int) -> tuple[f
     return {0: (sj, si), 1: (sk, si), 2: (sk, sj)}[check_axis(axis)]
 
 
+MAX_PIXEL_RATIO = 50.0
+MAX_MODEL_SIDE = 16384
+
+
 @dataclass(frozen=True)
 class SliceGrid:
     """Maps a slice with non-square pixels to a square-pixel image for the encoder, and prompts with it.
 
     The square image covers exactly the same field of view as the slice, so a model output cropped to the
     image and resized to ``shape_hw`` lands on the original pixels (no shift, no flip).
+
+    Resampling rule: the thick side of the pixels is divided into square pixels of the thin side, so the model
+    image grows by the pixels' aspect ratio along that side. A slice is refused when its pixels are more than
+    ``MAX_PIXEL_RATIO`` (50) times longer one way than the other, or when the stretched side would exceed
+    ``MAX_MODEL_SIDE`` (16384) pixels. Real CT/MR reslices stay far below both (0.5 mm x 5 mm is 10; 0.35 mm x 10 mm
+    is 29; the stretched side is the slice's physical extent over its fine pixel size, a few thousand pixels at
+    most); a spacing of 0.001 mm next to 1 mm is a header error that would otherwise allocate gigabytes.
+
+    Raises:
+        ValueError: a shape that is not two whole numbers >= 1, a spacing that is not two finite numbers > 0, or a
+            slice the rule above refuses.
     """
 
     shape_hw: tuple[int, int]
     spacing_rc: tuple[float, float] = (1.0, 1.0)
     tolerance: float = 0.05
+
+    def __post_init__(self) -> None:
+        h, w = self.shape_hw
+        if not (_is_int(h) and _is_int(w) and h >= 1 and w >= 1):
+            raise ValueError(f"A slice needs a shape of two whole numbers >= 1; got {plain_list(self.shape_hw)}.")
+        sr, sc = (float(v) for v in self.spacing_rc)
+        if not (np.isfinite(sr) and np.isfinite(sc) and sr > 0 and sc > 0):
+            raise ValueError(
+                f"Pixel spacing {plain(sr)} x {plain(sc)} mm (rows x columns) is not two finite numbers above 0; fix "
+                "the image spacing."
+            )
+        ratio = max(sr / sc, sc / sr)
+        side = max(self.model_shape_hw)
+        if ratio > MAX_PIXEL_RATIO or side > max(MAX_MODEL_SIDE, h, w):
+            raise ValueError(
+                f"Pixels of {plain(sr)} x {plain(sc)} mm (rows x columns) are {ratio:.3g} times longer one way than "
+                f"the other; resampled to square pixels the slice would be {side} pixels long (limits: "
+                f"{MAX_PIXEL_RATIO:g} times, {MAX_MODEL_SIDE} pixels). Segment along another axis or fix the spacing."
+            )
 
     @property
     def model_shape_hw(self) -> tuple[int, int]:
@@ -231,17 +291,22 @@ def check_box(box_xyxy: ArrayLike, shape_hw: tuple[int, int]) -> np.ndarray:
     """Validate a box in slice pixels; returns it as float64 (4,).
 
     Raises:
-        ValueError: wrong length, zero area or reversed, or entirely outside the slice.
+        ValueError: not 4 finite numbers, zero area or reversed, or entirely outside the slice.
     """
-    box = np.asarray(box_xyxy, dtype=np.float64).reshape(-1)
+    try:
+        box = np.asarray(box_xyxy, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        box = np.array([np.nan])
     if box.size != 4 or not np.all(np.isfinite(box)):
-        raise ValueError(f"A box needs 4 numbers x_min,y_min,x_max,y_max; got {list(np.ravel(box_xyxy))}.")
+        raise ValueError(f"A box needs 4 numbers x_min,y_min,x_max,y_max, all finite; got {plain_list(box_xyxy)}.")
     h, w = shape_hw
     x0, y0, x1, y1 = box
     if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"Box {box.tolist()} has zero area or reversed corners; give x_min < x_max and y_min < y_max.")
+        raise ValueError(
+            f"Box {plain_list(box)} has zero area or reversed corners; give x_min < x_max and y_min < y_max."
+        )
     if x1 < 0 or y1 < 0 or x0 > w - 1 or y0 > h - 1:
-        raise ValueError(f"Box {box.tolist()} lies outside the slice (width {w}, height {h}).")
+        raise ValueError(f"Box {plain_list(box)} lies outside the slice (width {w}, height {h}).")
     return np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1])
 
 
@@ -251,19 +316,26 @@ def check_points(points_xy: ArrayLike, labels: ArrayLike, shape_hw: tuple[int, i
     Raises:
         ValueError: shape mismatch, a label other than 0/1, or a point outside the slice.
     """
-    pts = np.asarray(points_xy, dtype=np.float64)
+    try:
+        pts = np.asarray(points_xy, dtype=np.float64)
+    except (TypeError, ValueError):
+        pts = np.array([np.nan])
     if pts.size % 2 or not np.all(np.isfinite(pts)):
-        raise ValueError(f"Points need finite x,y pairs; got {np.ravel(points_xy).tolist()}.")
+        raise ValueError(f"Points need finite x,y pairs; got {plain_list(points_xy)}.")
     pts = pts.reshape(-1, 2)
-    lab = np.asarray(labels, dtype=np.int64).reshape(-1)
-    if len(pts) != len(lab):
-        raise ValueError(f"{len(pts)} points but {len(lab)} labels; give one label (1 or 0) per point.")
-    if not np.isin(lab, (0, 1)).all():
-        raise ValueError(f"Point labels must be 1 (positive) or 0 (negative); got {sorted(set(lab.tolist()))}.")
+    try:
+        lab_in = np.asarray(labels, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        lab_in = np.array([np.nan])
+    if len(pts) != len(lab_in):
+        raise ValueError(f"{len(pts)} points but {len(lab_in)} labels; give one label (1 or 0) per point.")
+    if not np.isin(lab_in, (0, 1)).all():
+        raise ValueError(f"Point labels must be 1 (positive) or 0 (negative); got {plain_list(labels)}.")
+    lab = lab_in.astype(np.int64)
     h, w = shape_hw
     bad = (pts[:, 0] < -0.5) | (pts[:, 0] > w - 0.5) | (pts[:, 1] < -0.5) | (pts[:, 1] > h - 0.5)
     if bad.any():
-        raise ValueError(f"Point {pts[bad][0].tolist()} lies outside the slice (width {w}, height {h}).")
+        raise ValueError(f"Point {plain_list(pts[bad][0])} lies outside the slice (width {w}, height {h}).")
     return pts, lab
 
 

@@ -39,6 +39,13 @@ class IntensityMapping:
     id: str
     description: str = ""
 
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.low) and np.isfinite(self.high)):
+            raise ValueError(
+                f"Intensity mapping '{self.id}' has grey range {self.low:g}..{self.high:g}; both ends must be finite "
+                "numbers (a volume with NaN or infinite voxels has no such range)."
+            )
+
     def apply(self, array: np.ndarray) -> np.ndarray:
         """uint8 array of the same shape; the input is not modified."""
         scale = 255.0 / max(self.high - self.low, 1e-6)
@@ -50,8 +57,10 @@ def window_mapping(level: float, width: float) -> IntensityMapping:
     """Window ``level`` +- ``width`` / 2.
 
     Raises:
-        ValueError: a width that is not positive.
+        ValueError: a level or width that is not a finite number, a width that is not positive.
     """
+    if not (np.isfinite(level) and np.isfinite(width)):
+        raise ValueError(f"--level/--width must be finite numbers; got level {level:g}, width {width:g}.")
     if width <= 0:
         raise ValueError(f"Window width must be positive; got {width}.")
     low, high = level - width / 2, level + width / 2
@@ -78,7 +87,8 @@ def make_mapping(
     """The mapping for a preset name (None or ``"auto"``: chosen from the volume) or an explicit window/level.
 
     Raises:
-        ValueError: unknown preset, or only one of level/width.
+        ValueError: unknown preset, only one of level/width, a level or width that is not a finite number, a
+            percentile clip of a volume with NaN or infinite voxels.
     """
     if (level is None) != (width is None):
         raise ValueError("Give both --level and --width for an explicit window, or neither.")

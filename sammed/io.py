@@ -9,27 +9,41 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Any
 
 import numpy as np
 
-LABELMAP_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha", ".mhd")
+from .geometry import plain_list
+
+if TYPE_CHECKING:
+    from .outputs import Outputs
+
+# .mhd is not offered: its header names a separate data file, which a temporary name would break
+LABELMAP_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha")
 
 
 @dataclass
 class Volume:
-    """A 3-D image with its geometry.
+    """A 3-D image with its geometry. A Volume's voxels are immutable: make a new Volume for new voxels.
+
+    ``array_kji`` is kept as a read-only view of the array given (not a copy; the caller's own array stays
+    writable). The embedding cache keys slices by a content hash computed once (``digest``), so voxels changed
+    after a first ``segment`` would be served stale embeddings: do not write into the array you passed in while the
+    Volume is in use (pass a copy if you will), and do not reassign the attributes afterwards.
 
     Attributes:
-        array_kji: KxJxI voxel array (any numeric dtype), K = slice index along the third IJK axis.
-        spacing_ijk: voxel size in mm along I, J, K.
-        origin_lps: position of voxel (0, 0, 0) in LPS mm.
-        direction_lps: 3x3 matrix; column c is the unit LPS direction of IJK axis c.
+        array_kji: KxJxI numeric voxel array (bool, integer or float), K = slice index along the third IJK axis.
+        spacing_ijk: voxel size in mm along I, J, K: three finite numbers above 0.
+        origin_lps: position of voxel (0, 0, 0) in LPS mm: three finite numbers.
+        direction_lps: 3x3 finite, non-singular matrix; column c is the unit LPS direction of IJK axis c.
         name: a display name (file name or node name).
+
+    Raises:
+        ValueError: an array that is not 3-D, numeric and non-empty, or geometry that breaks the rules above.
     """
 
     array_kji: np.ndarray
@@ -38,16 +52,43 @@ class Volume:
     direction_lps: np.ndarray = field(default_factory=lambda: np.eye(3))
     name: str = ""
     _digest: str | None = field(default=None, repr=False, compare=False)
+    _non_finite: int | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.array_kji.ndim != 3:
+        array = np.asarray(self.array_kji)
+        view = array.view()
+        view.flags.writeable = False
+        self.array_kji = view
+        self._digest = None
+        self._non_finite = None
+        self.check()
+        self.spacing_ijk, self.origin_lps, self.direction_lps = _geometry(
+            self.spacing_ijk, self.origin_lps, self.direction_lps, self.label
+        )
+
+    @property
+    def label(self) -> str:
+        """``Volume 'name'`` for messages."""
+        return f"Volume '{self.name or 'image'}'"
+
+    def check(self) -> None:
+        """Validate the voxel array and geometry again (``Segmenter`` does, in case attributes were reassigned).
+
+        Raises:
+            ValueError: see the class.
+        """
+        array = self.array_kji
+        if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
+            kind = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
+            raise ValueError(f"{self.label} needs a numeric voxel array (integer or float); got {kind}.")
+        if array.ndim != 3:
             raise ValueError(
-                f"Volume '{self.name or 'image'}' has {self.array_kji.ndim} dimensions, shape {self.array_kji.shape}; "
+                f"{self.label} has {array.ndim} dimensions, shape {array.shape}; "
                 "SAMMed needs a 3-D scalar volume (for a 4-D series pick one time point or channel first)."
             )
-        self.direction_lps = np.asarray(self.direction_lps, dtype=float).reshape(3, 3)
-        self.spacing_ijk = _triple(self.spacing_ijk, "spacing")
-        self.origin_lps = _triple(self.origin_lps, "origin")
+        if array.size == 0:
+            raise ValueError(f"{self.label} has no voxels (shape {array.shape}).")
+        _geometry(self.spacing_ijk, self.origin_lps, self.direction_lps, self.label)
 
     @property
     def shape_kji(self) -> tuple[int, int, int]:
@@ -61,6 +102,13 @@ class Volume:
         if self._digest is None:
             self._digest = volume_digest(self.array_kji, self.spacing_ijk)
         return self._digest
+
+    @property
+    def non_finite(self) -> int:
+        """Number of NaN or infinite voxels (0 for integer arrays); counted once."""
+        if self._non_finite is None:
+            self._non_finite = non_finite_voxels(self.array_kji)
+        return self._non_finite
 
     def same_grid(self, other: Volume, tol: float = 1e-4) -> bool:
         """True when ``other`` has the same shape, spacing, origin and direction."""
@@ -79,10 +127,44 @@ def _triple(values: tuple[float, ...] | np.ndarray, what: str) -> tuple[float, f
         ValueError: not three numbers.
     """
     try:
-        x, y, z = (float(v) for v in np.ravel(values))
+        x, y, z = (float(v) for v in np.ravel(np.asarray(values, dtype=object)))
     except (TypeError, ValueError):
-        raise ValueError(f"A volume's {what} needs three numbers (I, J, K); got {values!r}.") from None
+        raise ValueError(f"A volume's {what} needs three numbers (I, J, K); got {plain_list(values)}.") from None
     return x, y, z
+
+
+def _geometry(
+    spacing: Any, origin: Any, direction: Any, label: str
+) -> tuple[tuple[float, float, float], tuple[float, float, float], np.ndarray]:
+    """Spacing, origin and direction checked and converted.
+
+    Raises:
+        ValueError: spacing not three finite numbers > 0, origin not three finite numbers, direction not a finite,
+            non-singular 3x3 matrix.
+    """
+    sp = _triple(spacing, "spacing")
+    if not all(np.isfinite(v) and v > 0 for v in sp):
+        raise ValueError(f"{label} has spacing {plain_list(sp)} mm; each voxel size must be a finite number above 0.")
+    org = _triple(origin, "origin")
+    if not np.isfinite(org).all():
+        raise ValueError(f"{label} has origin {plain_list(org)}; it must be three finite numbers (mm).")
+    try:
+        d = np.asarray(direction, dtype=float).reshape(3, 3)
+    except (TypeError, ValueError):
+        raise ValueError(f"{label} needs a 3x3 direction matrix; got {plain_list(direction)}.") from None
+    if not np.isfinite(d).all() or abs(np.linalg.det(d)) < 1e-6:
+        raise ValueError(
+            f"{label} has direction matrix {plain_list(d)}; it must be finite and non-singular (axes not parallel)."
+        )
+    return sp, org, d
+
+
+def non_finite_voxels(array: np.ndarray) -> int:
+    """Number of NaN or infinite values (0 without counting for integer and bool arrays)."""
+    if array.dtype.kind not in "fc":
+        return 0
+    finite = np.isfinite(array)
+    return 0 if finite.all() else int(array.size - np.count_nonzero(finite))
 
 
 def volume_digest(array_kji: np.ndarray, spacing_ijk: tuple[float, ...] = (1.0, 1.0, 1.0)) -> str:
@@ -101,47 +183,77 @@ def _sitk() -> Any:
     return sitk
 
 
-def read_volume(path: str | os.PathLike) -> Volume:
-    """Read a NIfTI, NRRD, MHA/MHD file or a DICOM series folder.
+def read_volume(
+    path: str | os.PathLike,
+    series: str | None = None,
+    allow_gaps: bool = False,
+    max_voxels: int | None = None,
+) -> Volume:
+    """Read a NIfTI, NRRD, MHA/MHD file or a DICOM series folder; the file is only read, never changed.
+
+    Before any voxel is read the header is checked (``readers.check_header``): a truncated file (voxel data shorter
+    than declared, a gzip stream cut short) and an image over the voxel limit are refused without allocating it.
+    NaN or infinite voxels are refused too, also those ITK's NIfTI reader would silently turn into 0.
+
+    Args:
+        path: an image file or a DICOM folder.
+        series: the SeriesInstanceUID to read from a DICOM folder that holds several series.
+        allow_gaps: read a DICOM series with unreadable files or uneven slice positions anyway (a warning is
+            logged; ITK stacks the remaining files with their average spacing).
+        max_voxels: the voxel limit (default: the environment variable ``SAMMED_MAX_VOXELS``, else 1e9).
 
     Raises:
-        ValueError: the path does not exist, cannot be read as an image, or is not a 3-D scalar volume.
+        ValueError: one line naming the file: it does not exist, cannot be read, is truncated, is not a 3-D scalar
+            volume, is over the voxel limit, has NaN or infinite voxels or invalid geometry; for a DICOM folder
+            also several series and no ``series``, an unknown ``series``, unreadable files or uneven slice
+            positions (without ``allow_gaps``).
     """
-    sitk = _sitk()
+    from . import readers
+
     p = Path(path)
+    image, header = _read_image(p, series, allow_gaps, max_voxels)
+    if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() != 3:
+        raise ValueError(
+            f"Image '{p}' has {image.GetNumberOfComponentsPerPixel()} components per voxel and size "
+            f"{image.GetSize()}; SAMMed needs a 3-D scalar (grey-value) volume."
+        )
+    array = _sitk().GetArrayFromImage(image)  # KJI
+    bad = non_finite_voxels(array) or (readers.stored_non_finite(p, header) if header else 0)
+    if bad:
+        raise ValueError(readers.non_finite_message(f"Image '{p}'", bad, array.size))
+    try:
+        volume = Volume(
+            array_kji=array,
+            spacing_ijk=image.GetSpacing(),
+            origin_lps=image.GetOrigin(),
+            direction_lps=np.array(image.GetDirection()).reshape(3, 3),
+            name=p.name,
+        )
+    except ValueError as exc:
+        raise ValueError(f"Image '{p}': {exc}") from None
+    volume._non_finite = 0  # counted above
+    return volume
+
+
+def _read_image(p: Path, series: str | None, allow_gaps: bool, max_voxels: int | None) -> tuple[Any, Any]:
+    """(SimpleITK image, the file's ``readers.Header`` or None for a DICOM folder); see ``read_volume``.
+
+    Raises:
+        ValueError: see ``read_volume``.
+    """
+    from . import dicom
+    from . import readers
+
     if not p.exists():
         raise ValueError(f"Image '{p}' does not exist; check the path.")
+    if p.is_dir():
+        return dicom.read_dicom_series(p, series, allow_gaps, max_voxels), None
+    header = readers.read_header(p)
+    readers.check_header(p, header, max_voxels)
     try:
-        if p.is_dir():
-            reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(p))
-            if not series:
-                raise ValueError(f"Folder '{p}' holds no DICOM series; give a DICOM folder or an image file.")
-            files = reader.GetGDCMSeriesFileNames(str(p), series[0])
-            reader.SetFileNames(files)
-            image = reader.Execute()
-        else:
-            image = sitk.ReadImage(str(p))
+        return _sitk().ReadImage(str(p)), header
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown error"
-        raise ValueError(f"Cannot read image '{p}': {first}. Use NIfTI, NRRD, MHA or a DICOM folder.") from None
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(
-            f"Image '{p}' has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
-            "SAMMed needs a scalar (grey-value) volume."
-        )
-    if image.GetDimension() != 3:
-        raise ValueError(
-            f"Image '{p}' is {image.GetDimension()}-D (size {image.GetSize()}); SAMMed needs a 3-D volume."
-        )
-    array = sitk.GetArrayFromImage(image)  # KJI
-    return Volume(
-        array_kji=array,
-        spacing_ijk=image.GetSpacing(),
-        origin_lps=image.GetOrigin(),
-        direction_lps=np.array(image.GetDirection()).reshape(3, 3),
-        name=p.name,
-    )
+        raise readers.cannot_read(p, exc) from None
 
 
 def to_sitk(volume: Volume, array_kji: np.ndarray | None = None) -> Any:
@@ -157,12 +269,46 @@ def to_sitk(volume: Volume, array_kji: np.ndarray | None = None) -> Any:
     return image
 
 
-def _atomic_target(path: Path) -> Path:
-    """A temporary file in the destination folder (same suffix, so writers pick the right format)."""
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=".sammed-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
+def labelmap_output(outputs: Outputs, path: str | os.PathLike, what: str = "label map") -> Path:
+    """Check ``path`` as a label-map output of ``outputs`` (see ``outputs.Outputs.add``).
+
+    Raises:
+        ValueError: an unsupported suffix (``.mhd`` with the reason), a folder, a missing or unwritable folder, an
+            input of the command.
+    """
+    if str(path).lower().endswith(".mhd"):
+        raise ValueError(
+            f"Cannot write {what} '{path}': .mhd keeps its voxels in a second file; use .mha (the same format in one "
+            "file) or .nii.gz."
+        )
+    return outputs.add(path, LABELMAP_SUFFIXES, what)
+
+
+def _check_on_grid(labels_kji: np.ndarray, reference: Volume) -> None:
+    if labels_kji.shape != reference.array_kji.shape:
+        raise ValueError(
+            f"Label map shape {labels_kji.shape} does not match the image grid {reference.array_kji.shape}."
+        )
+
+
+def save_labelmap(
+    file: str | os.PathLike,
+    labels_kji: np.ndarray,
+    reference: Volume,
+    segment_names: dict[int, str] | None = None,
+) -> None:
+    """Write a label map to ``file`` as it is named (no temporary file: for ``Outputs.commit``'s temporary files).
+
+    Raises:
+        ValueError: a shape other than the reference grid's.
+    """
+    _check_on_grid(labels_kji, reference)
+    labels = np.asarray(labels_kji)
+    labels = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)
+    if str(file).lower().endswith(".seg.nrrd"):
+        _write_seg_nrrd(Path(file), labels, reference, segment_names or {})
+    else:
+        _sitk().WriteImage(to_sitk(reference, labels), str(file), useCompression=True)
 
 
 def write_labelmap(
@@ -171,7 +317,8 @@ def write_labelmap(
     reference: Volume,
     segment_names: dict[int, str] | None = None,
 ) -> Path:
-    """Write a label map on ``reference``'s grid, atomically (temporary file, then rename).
+    """Write a label map on ``reference``'s grid, atomically (``outputs.Outputs``: temporary file, then rename; the
+    mode of a replaced file is kept).
 
     Args:
         path: ``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha`` or ``.seg.nrrd`` (Slicer segmentation, one segment per label).
@@ -180,30 +327,16 @@ def write_labelmap(
         segment_names: label value -> segment name, used for ``.seg.nrrd``.
 
     Raises:
-        ValueError: wrong shape or unsupported suffix. The target file is left as it was.
+        ValueError: wrong shape, unsupported suffix, a folder that is missing or not writable. The target file is
+            left as it was.
     """
-    p = Path(path)
-    if not any(p.name.endswith(s) for s in LABELMAP_SUFFIXES):
-        raise ValueError(f"Cannot write '{p.name}': use one of {', '.join(LABELMAP_SUFFIXES)}.")
-    if labels_kji.shape != reference.array_kji.shape:
-        raise ValueError(
-            f"Label map shape {labels_kji.shape} does not match the image grid {reference.array_kji.shape}."
-        )
-    if not p.parent.exists():
-        raise ValueError(f"Output folder '{p.parent}' does not exist; create it first.")
-    labels = np.asarray(labels_kji)
-    labels = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)
-    tmp = _atomic_target(p)
-    try:
-        if p.name.endswith(".seg.nrrd"):
-            _write_seg_nrrd(tmp, labels, reference, segment_names or {})
-        else:
-            sitk = _sitk()
-            sitk.WriteImage(to_sitk(reference, labels), str(tmp), useCompression=True)
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from .outputs import Outputs
+
+    _check_on_grid(labels_kji, reference)
+    outputs = Outputs([])
+    p = labelmap_output(outputs, path)
+    with outputs.commit() as temps:
+        save_labelmap(temps[p], labels_kji, reference, segment_names)
     return p
 
 

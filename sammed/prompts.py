@@ -43,14 +43,18 @@ class Prompts:
         point_labels: ArrayLike | None = None,
         mask_input: ArrayLike | None = None,
     ) -> Prompts:
-        """Prompts from array-likes; points without labels are positive, an empty point list means no points."""
-        box = None if box_xyxy is None else np.asarray(box_xyxy, dtype=np.float64).reshape(-1)
+        """Prompts from array-likes; points without labels are positive, an empty point list means no points.
+
+        Raises:
+            ValueError: a box, points or mask_input that are not numbers.
+        """
+        box = None if box_xyxy is None else _numbers(box_xyxy, np.float64, "A box").reshape(-1)
         pts, labels = None, None
         if points_xy is not None and np.size(points_xy):
-            pts = np.asarray(points_xy, dtype=np.float64)
+            pts = _numbers(points_xy, np.float64, "Points")
             pts = pts.reshape(-1, 2) if pts.size % 2 == 0 else pts.reshape(-1)
             labels = np.ones(len(pts), np.int64) if point_labels is None else np.asarray(point_labels).reshape(-1)
-        mask = None if mask_input is None else np.asarray(mask_input, dtype=np.float32)
+        mask = None if mask_input is None else _numbers(mask_input, np.float32, "mask_input")
         return cls(box, pts, labels, mask)
 
     @property
@@ -63,7 +67,7 @@ class Prompts:
 
         Raises:
             ValueError: no prompt, a box of the wrong length, with zero area or outside the slice, points outside it
-                or with labels other than 0/1, a ``mask_input`` that is not 256x256.
+                or with labels other than 0/1, a ``mask_input`` that is not 256x256 finite logits.
         """
         if self.empty:
             raise ValueError(NO_PROMPT)
@@ -73,10 +77,12 @@ class Prompts:
             labels_in = np.ones(len(self.points_xy)) if self.point_labels is None else self.point_labels
             pts, labels = geometry.check_points(self.points_xy, labels_in, shape_hw)
         mask = self.mask_input
-        if mask is not None and mask.shape[-2:] != (256, 256):
+        if mask is not None and (mask.shape[-2:] != (256, 256) or mask.size != 256 * 256):
             raise ValueError(
                 f"mask_input has shape {mask.shape}; it must be the 256x256 low_res_logits of an earlier result."
             )
+        if mask is not None and not np.isfinite(mask).all():
+            raise ValueError("mask_input has NaN or infinite values; pass the low_res_logits of an earlier result.")
         return Prompts(box, pts, labels, mask)
 
     def to_json(self) -> dict:
@@ -89,3 +95,15 @@ class Prompts:
             labels = self.point_labels if self.point_labels is not None else np.ones(len(self.points_xy))
             out["labels"] = [int(v) for v in labels]
         return out
+
+
+def _numbers(values: ArrayLike, dtype: type, what: str) -> np.ndarray:
+    """``values`` as a numeric array.
+
+    Raises:
+        ValueError: values that are not numbers.
+    """
+    try:
+        return np.asarray(values, dtype=dtype)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be numbers; got {geometry.plain_list(values)}.") from None

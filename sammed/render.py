@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,3 +68,58 @@ def tile(images: list[np.ndarray], columns: int = 2, pad: int = 4) -> np.ndarray
         y, x = pad + r * (h + pad), pad + c * (w + pad)
         out[y : y + im.shape[0], x : x + im.shape[1]] = im
     return out
+
+
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # scalable when Pillow has FreeType
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _wrap(lines: list[str], fits: Any) -> list[str]:
+    """``lines`` broken at spaces so that ``fits(text)`` holds for each piece (a long word stays whole)."""
+    out: list[str] = []
+    for line in lines:
+        current = ""
+        for word in line.split():
+            trial = f"{current} {word}".strip()
+            if current and not fits(trial):
+                out.append(current)
+                trial = word
+            current = trial
+        out.append(current)
+    return out
+
+
+def text_band(
+    width: int, lines: list[str], size: int = 14, color: tuple[int, int, int] = (235, 235, 235)
+) -> np.ndarray:
+    """A black band ``width`` pixels wide with ``lines`` of text, wrapped to the width (captions and legends)."""
+    from PIL import Image
+    from PIL import ImageDraw
+
+    font = _font(size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = _wrap(lines, lambda text: measure.textlength(text, font=font) <= width - 12)
+    band = Image.new("RGB", (width, (size + 6) * len(lines) + 6))
+    draw = ImageDraw.Draw(band)
+    for n, line in enumerate(lines):
+        draw.text((6, 4 + n * (size + 6)), line, fill=color, font=font)
+    return np.asarray(band)
+
+
+def captioned(rgb: np.ndarray, caption: str, scale: int = 1) -> np.ndarray:
+    """``rgb`` enlarged ``scale`` times (nearest) with ``caption`` in a band above it."""
+    big = np.repeat(np.repeat(rgb, scale, axis=0), scale, axis=1)
+    return np.concatenate([text_band(big.shape[1], [caption]), big], axis=0)
+
+
+def figure(
+    panels: list[np.ndarray], captions: list[str], legend: list[str], columns: int = 2, scale: int = 2
+) -> np.ndarray:
+    """Captioned panels in a grid with a legend band under it."""
+    grid = tile([captioned(p, c, scale) for p, c in zip(panels, captions, strict=True)], columns=columns)
+    return np.concatenate([grid, text_band(grid.shape[1], legend, size=13, color=(200, 200, 200))], axis=0)

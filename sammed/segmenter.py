@@ -26,6 +26,7 @@ from .jobs import ProgressFn
 from .jobs import StopFn
 from .jobs import check_stop
 from .prompts import Prompts
+from .readers import non_finite_message
 
 CONTEXTS = ("repeat", "adjacent")
 
@@ -65,6 +66,10 @@ class Segmenter:
         cache: embedding cache shared between segmenters (one is made if None).
         preset: intensity preset name when ``mapping`` is None.
         context: ``repeat`` (the slice in all 3 channels) or ``adjacent`` (slices i-1, i, i+1, as Slide-SAM).
+
+    Raises:
+        TypeError: ``volume`` is not a ``Volume``.
+        ValueError: invalid volume geometry (``Volume.check``), NaN or infinite voxels, an unknown context or preset.
     """
 
     def __init__(
@@ -76,6 +81,14 @@ class Segmenter:
         preset: str | None = None,
         context: str = "repeat",
     ) -> None:
+        if not isinstance(volume, Volume):
+            raise TypeError(
+                f"Segmenter needs a sammed.io.Volume, got {type(volume).__name__}; wrap a voxel array with "
+                "Volume(array_kji, spacing_ijk, origin_lps, direction_lps)."
+            )
+        volume.check()
+        if volume.non_finite:
+            raise ValueError(non_finite_message(volume.label, volume.non_finite, volume.array_kji.size))
         if context not in CONTEXTS:
             raise ValueError(f"Unknown slice context '{context}'; use one of {CONTEXTS}.")
         self.volume = volume
@@ -100,23 +113,41 @@ class Segmenter:
         return self.input_geometry(axis).grid
 
     def input_geometry(self, axis: int) -> ModelInputGeometry:
-        """How slices of ``axis`` map to this backend's model input (``backends.base.ModelInputGeometry``)."""
+        """How slices of ``axis`` map to this backend's model input (``backends.base.ModelInputGeometry``).
+
+        Raises:
+            ValueError: a bad axis, or pixels too elongated to resample (``geometry.SliceGrid``).
+        """
         shape = geometry.slice_shape(self.volume.shape_kji, axis)
-        return model_input_geometry(
-            shape, geometry.pixel_spacing(self.volume.spacing_ijk, axis), self.backend.image_size
-        )
+        spacing = geometry.pixel_spacing(self.volume.spacing_ijk, axis)
+        try:
+            return model_input_geometry(shape, spacing, self.backend.image_size)
+        except ValueError as exc:
+            name = geometry.orientation_of_axis(self.volume.direction_lps, axis)
+            raise ValueError(f"{self.volume.label}, slices on axis {axis} ({name}): {exc}") from None
 
     def slice_is_empty(self, axis: int, index: int) -> bool:
-        k = (axis, index)
+        """True when all voxels of the slice have one value.
+
+        Raises:
+            TypeError, ValueError: see ``geometry.check_index``.
+        """
+        axis = geometry.check_axis(axis)
+        k = (axis, geometry.check_index(self.volume.shape_kji, axis, index))
         if k not in self._empty:
             s = geometry.extract_slice(self.volume.array_kji, axis, index)
             self._empty[k] = bool(s.min() == s.max())
         return self._empty[k]
 
     def model_image(self, axis: int, index: int) -> np.ndarray:
-        """HxWx3 uint8 image the encoder sees (intensity-mapped, square pixels)."""
+        """HxWx3 uint8 image the encoder sees (intensity-mapped, square pixels).
+
+        Raises:
+            TypeError: an index that is not a whole number.
+            ValueError: a bad axis or index, pixels too elongated to resample.
+        """
         axis = geometry.check_axis(axis)
-        geometry.check_index(self.volume.shape_kji, axis, index)
+        index = geometry.check_index(self.volume.shape_kji, axis, index)
         n = self.volume.shape_kji[axis]
         if self.context == "adjacent":
             idx = [max(index - 1, 0), index, min(index + 1, n - 1)]
@@ -135,7 +166,12 @@ class Segmenter:
         return self.key(axis, index) in self.cache
 
     def embedding(self, axis: int, index: int) -> np.ndarray:
-        """The slice's embedding (float16), encoded now only if not cached."""
+        """The slice's embedding (float16), encoded now only if not cached.
+
+        Raises:
+            TypeError: an index that is not a whole number.
+            ValueError: a bad axis or index, pixels too elongated to resample.
+        """
         axis = geometry.check_axis(axis)
         index = geometry.check_index(self.volume.shape_kji, axis, index)
         key = self.key(axis, index)
@@ -161,6 +197,8 @@ class Segmenter:
 
         Raises:
             jobs.Cancelled: when ``should_stop()`` answered True (slices done so far stay cached).
+            TypeError: a ``center`` that is not a whole number.
+            ValueError: a bad axis or ``center``.
         """
         axis = geometry.check_axis(axis)
         n = self.volume.shape_kji[axis]
@@ -205,7 +243,9 @@ class Segmenter:
             use_learned: use the learned SAMassist prompt encoder if one is set (default: ``self.use_learned``).
 
         Raises:
-            ValueError: slice out of range, empty slice, no prompt, box/point outside the slice, bad mask_input.
+            TypeError: an index that is not a whole number.
+            ValueError: slice out of range, empty slice, no prompt, box/point outside the slice or not finite, a
+                ``mask_input`` that is not 256x256 finite logits, pixels too elongated to resample.
         """
         if prompts is None:
             prompts = Prompts.make(box_xyxy, points_xy, point_labels, mask_input)

@@ -97,6 +97,8 @@ def test_progress_reports_slice_and_direction(synthetic):
     assert msgs and all(0 <= f <= 1 for f, _ in msgs)
     assert any("going up" in m for _, m in msgs) and any("going down" in m for _, m in msgs)
     assert "of" in msgs[0][1]
+    fractions = [f for f, _ in msgs]
+    assert fractions == sorted(fractions) and msgs[-1] == (1.0, msgs[-1][1]) and msgs[-1][1].startswith("Done")
 
 
 def test_second_run_encodes_nothing(synthetic, fake_backend):

@@ -149,6 +149,7 @@ def test_sammed_auto_reuses_the_annotators_embeddings_through_the_shared_session
     """SAMMed Auto asks the session (not the annotator) for the volume's segmenter: the same object, so slices the
     annotator encoded are not encoded again by a propagation."""
     from SAMMedAutoLib.AutoReview import AutoReview
+
     from SAMMedLib import SegmentIO
 
     scene, node, annotator, backend = cube_case

@@ -55,9 +55,10 @@ def test_volume_roundtrip_keeps_voxels_and_geometry(scene, name):
     np.testing.assert_allclose(back.origin_lps, volume.origin_lps, atol=1e-9)
     np.testing.assert_allclose(back.direction_lps, volume.direction_lps, atol=1e-9)
     assert back.digest == volume.digest
-    # the copy is independent of VTK memory
-    back.array_kji[0, 0, 0] = -1
-    assert slicer.util.arrayFromVolume(node)[0, 0, 0] == volume.array_kji[0, 0, 0]
+    # the copy is independent of VTK memory (and, as every Volume's voxels, read-only)
+    assert not back.array_kji.flags.writeable
+    slicer.util.arrayFromVolume(node)[0, 0, 0] = -1
+    assert back.array_kji[0, 0, 0] == volume.array_kji[0, 0, 0]
 
 
 def test_ijk_to_ras_matches_simpleitk_physical_points():

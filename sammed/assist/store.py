@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 
 from ..jobs import ProgressFn
 from ..jobs import StopFn
+from ..outputs import Outputs
 from .config import AssistConfig
 from .train import LearnedPromptEncoder
 from .train import attach
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 FORMAT = "sammed-assist"
 FORMAT_VERSION = 1
+LEARNED_SUFFIXES = (".pt",)
 
 
 def default_path(folder: str | os.PathLike, volume_digest: str, target: str, model_id: str) -> Path:
@@ -50,11 +51,10 @@ def save_learned(learned: LearnedPromptEncoder, path: str | os.PathLike) -> Path
     (JSON-compatible values) and ``state_dict`` (tensors).
 
     Raises:
-        ValueError: the folder does not exist.
+        ValueError: not a ``.pt`` name, a folder that is missing or not writable (``outputs.Outputs``).
     """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise ValueError(f"Folder '{path.parent}' does not exist; create it first.")
+    outputs = Outputs([])
+    path = outputs.add(path, LEARNED_SUFFIXES, "learned prompt encoder")
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -72,14 +72,8 @@ def save_learned(learned: LearnedPromptEncoder, path: str | os.PathLike) -> Path
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "state_dict": {k: v.detach().cpu().clone() for k, v in learned.module.state_dict().items()},
     }
-    fd, tmp = tempfile.mkstemp(prefix=".assist-", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with outputs.commit() as temps:
+        torch.save(payload, temps[path])
     return path
 
 
@@ -170,9 +164,7 @@ def fit_and_save(
     should_stop: StopFn | None = None,
 ) -> LearnedPromptEncoder:
     """``fit_prompt_encoder`` then ``save_learned``; a cancelled or failed fit writes nothing."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise ValueError(f"Folder '{path.parent}' does not exist; create it first.")
+    path = Outputs([]).add(path, LEARNED_SUFFIXES, "learned prompt encoder")
     learned = fit_prompt_encoder(segmenter, masks, axis, target, config, progress, should_stop)
     save_learned(learned, path)
     return learned

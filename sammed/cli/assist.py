@@ -18,7 +18,9 @@ from typing import Any
 
 from .options import add_common_args
 from .options import cancel_on_sigterm
+from .options import check_label_value
 from .options import make_segmenter
+from .options import output_folder
 from .options import parse_ints
 from .options import progress_reporter
 from .options import read_image
@@ -69,10 +71,16 @@ def _config(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Fit SAMassist on the annotated slices and save it."""
     from .. import assist  # imports torch
+    from ..assist.store import LEARNED_SUFFIXES
     from ..models import sammed_home
+    from ..outputs import Outputs
 
+    check_label_value(args.label, "--label")
+    outputs = Outputs([args.image, args.annotation])
+    if args.output:
+        outputs.add(args.output, LEARNED_SUFFIXES, "learned prompt encoder (-o)")
     cfg = _config(args)
-    volume, axis = read_image(args, args.output)
+    volume, axis = read_image(args)
     labels = read_labels_on_grid(args.annotation, volume, "annotation")
     masks = assist.annotations_from_labels(labels.array_kji, args.label, parse_ints(args.slices, "--slices"), axis)
     target = args.target or f"label-{args.label}"
@@ -83,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         else assist.default_path(sammed_home() / "assist", volume.digest, target, seg.backend.model_id)
     )
     if not args.output:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        output_folder(str(out.parent), "SAMassist folder")
     with cancel_on_sigterm() as token, progress_reporter(args.json, "assist") as progress:
         learned = assist.fit_and_save(
             seg, masks, out, axis=axis, target=target, config=cfg, progress=progress, should_stop=token

@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the demo and print its Dice table."""
     from ..demo import run_demo
+    from .options import output_folder
 
+    output_folder(args.out, "--out")
     summary = run_demo(args.out, args.device)
     print(summary["table"])
     print(f"Wrote {', '.join(summary['outputs'])} to {args.out}")

@@ -10,6 +10,7 @@ from typing import Any
 
 from .options import add_common_args
 from .options import make_segmenter
+from .options import output_folder
 from .options import read_image
 from .options import read_labels_on_grid
 from .options import tqdm_progress
@@ -48,23 +49,30 @@ def run(args: argparse.Namespace) -> int:
     """Run the protocol; write ``eval_<protocol>.json`` and ``.md`` into ``--out`` and print the table."""
     from ..evaluate.labels import load_label_names
     from ..evaluate.labels import resolve_labels
+    from ..outputs import Outputs
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out '{out}' is a file; give a folder for eval_{args.protocol}.json and .md.")
     volume, axis = read_image(args)
     labels = read_labels_on_grid(args.labels, volume, "label map")
     names = load_label_names(args.labels, args.label_names)
     label_ids = resolve_labels(args.label_spec, labels.array_kji, names)
     ablation = list(resolve_labels(args.ablation_labels, labels.array_kji, names)) if args.ablation_labels else None
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(args.out, "--out")
+    outputs = Outputs([args.image, args.labels, args.label_names])
+    json_out = outputs.add(out / f"eval_{args.protocol}.json", (".json",), "result")
+    md_out = outputs.add(out / f"eval_{args.protocol}.md", (".md",), "table")
     segmenter = make_segmenter(args, volume)
     progress = tqdm_progress(f"eval {args.protocol}")
     try:
         result, table = _run_protocol(args, segmenter, labels.array_kji, label_ids, axis, ablation, progress)
     finally:
         progress.close()  # type: ignore[attr-defined]
-    (out / f"eval_{args.protocol}.json").write_text(json.dumps(result, indent=1, default=float))
     title = f"# sammed eval --protocol {args.protocol}: {volume.name}, model {segmenter.backend.model_id}\n\n"
-    (out / f"eval_{args.protocol}.md").write_text(title + table)
+    with outputs.commit() as temps:
+        temps[json_out].write_text(json.dumps(result, indent=1, default=float))
+        temps[md_out].write_text(title + table)
     print(table)
     return 0
 

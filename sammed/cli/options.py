@@ -44,27 +44,65 @@ def add_cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-disk-cache", action="store_true", help="keep embeddings in memory only")
 
 
+def add_image_args(p: argparse.ArgumentParser) -> None:
+    """--series, --allow-gaps (DICOM folders)."""
+    g = p.add_argument_group("DICOM")
+    g.add_argument("--series", help="SeriesInstanceUID to read when the folder holds several series")
+    g.add_argument("--allow-gaps", action="store_true", help="read a series with missing or unevenly spaced slices")
+
+
 def add_common_args(p: argparse.ArgumentParser) -> None:
-    """The model, intensity and cache arguments."""
+    """The image, model, intensity and cache arguments."""
+    add_image_args(p)
     add_model_args(p)
     add_intensity_args(p)
     add_cache_args(p)
 
 
-def read_image(args: argparse.Namespace, output: str | None = None) -> tuple[Any, int]:
-    """The ``image`` argument's volume and the array axis of ``--axis``, after checking that the folder of
-    ``output`` exists.
+def read_image(args: argparse.Namespace) -> tuple[Any, int]:
+    """The ``image`` argument's volume (``--series``, ``--allow-gaps`` for DICOM) and the array axis of ``--axis``.
 
     Raises:
-        ValueError: a missing output folder, an unreadable image, an unknown axis.
+        ValueError: an unreadable, truncated or invalid image, an unknown axis.
     """
     from ..geometry import axis_for_orientation
     from ..io import read_volume
 
-    if output is not None and not Path(output).parent.exists():
-        raise ValueError(f"Output folder '{Path(output).parent}' does not exist; create it first.")
-    volume = read_volume(args.image)
+    volume = read_volume(
+        args.image, series=getattr(args, "series", None), allow_gaps=getattr(args, "allow_gaps", False)
+    )
     return volume, axis_for_orientation(volume.direction_lps, getattr(args, "axis", "axial"))
+
+
+def check_label_value(value: int | None, what: str) -> None:
+    """A label value for a label map: 1..65535 (0 is background).
+
+    Raises:
+        ValueError: out of range.
+    """
+    if value is not None and not 1 <= value <= 65535:
+        raise ValueError(f"{what} must be a label value from 1 to 65535 (0 is the background); got {value}.")
+
+
+def label_dtype(value: int) -> type[np.unsignedinteger]:
+    """The smallest unsigned type holding label ``value`` (uint8 or uint16)."""
+    return np.uint8 if value < 256 else np.uint16
+
+
+def output_folder(path: str, what: str) -> Path:
+    """A folder for a command's output files, created if missing.
+
+    Raises:
+        ValueError: it is a file, or it cannot be created.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{what} '{p}' is a file; give a folder.")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"Cannot create {what} '{p}': {exc.strerror or exc}.") from None
+    return p
 
 
 def read_labels_on_grid(path: str, volume: Any, what: str) -> Any:
@@ -127,7 +165,7 @@ def parse_floats(text: str, n: int | None = None, what: str = "value") -> list[f
     """Comma-separated numbers.
 
     Raises:
-        ValueError: not numbers, or not ``n`` of them.
+        ValueError: not numbers, not finite, or not ``n`` of them.
     """
     try:
         vals = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
@@ -135,6 +173,8 @@ def parse_floats(text: str, n: int | None = None, what: str = "value") -> list[f
         raise ValueError(f"Cannot read {what} '{text}': give comma-separated numbers.") from None
     if n is not None and len(vals) != n:
         raise ValueError(f"{what} needs {n} numbers, got {len(vals)} in '{text}'.")
+    if not all(np.isfinite(vals)):
+        raise ValueError(f"{what} needs finite numbers; got '{text}'.")
     return vals
 
 

@@ -2,7 +2,7 @@
 
 Examples::
 
-    sammed propagate ct.nii.gz --slice 106 --box 23,28,82,87 -o liver.nii.gz --report liver.json
+    sammed propagate ct.nii.gz --slice 106 --box 42,27,104,81 -o liver.nii.gz --report liver.json
     sammed propagate ct.nii.gz --seed seeds.nii.gz --label 5 --generator sapnet -o liver.nii.gz
 """
 
@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..jobs import EXIT_CANCELLED
 from ..jobs import EXIT_OK
+from ..jobs import Cancelled
 from ..propagate import GENERATORS
 from .options import add_common_args
 from .options import cancel_on_sigterm
+from .options import check_label_value
+from .options import label_dtype
 from .options import make_segmenter
 from .options import parse_floats
 from .options import parse_ints
@@ -50,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="SAP-Net training steps")
     p.add_argument("--seed-value", type=int, default=0, help="random seed")
     p.add_argument("--out-label", type=int, help="label value written (default: --label or 1)")
+    p.add_argument("--name", default="segment", help="segment name (for .seg.nrrd)")
     p.add_argument("-o", "--output", required=True, help="label map: .nii.gz, .nrrd, .seg.nrrd, .mha")
     p.add_argument("--report", help="JSON file with the per-slice table (status, prompt, IoU, area)")
     p.add_argument("--json-progress", action="store_true", help="progress as JSON lines on stdout")
@@ -112,28 +114,44 @@ def _check_box(args: argparse.Namespace, volume: Any, axis: int) -> list[float]:
     return box
 
 
-def _write_outputs(args: argparse.Namespace, volume: Any, result: Any, label: int) -> dict:
-    from ..io import write_labelmap
+def _write_outputs(args: argparse.Namespace, volume: Any, result: Any, outputs: Any, label: int) -> dict:
+    from ..io import save_labelmap
 
-    out = Path(args.output)
+    out = outputs.paths[0]
     value = args.out_label or label
-    labels_kji = result.mask_kji.astype(np.uint16 if value > 255 else np.uint8) * value
-    write_labelmap(out, labels_kji, volume, {value: f"label_{value}"})
+    labels_kji = result.mask_kji.astype(label_dtype(value)) * value
     report = result.to_json()
     report["output"] = str(out)
-    if args.report:
-        Path(args.report).write_text(json.dumps(report, indent=1))
+    with outputs.commit() as temps:
+        save_labelmap(temps[out], labels_kji, volume, {value: args.name})
+        if args.report:
+            temps[outputs.paths[1]].write_text(json.dumps(report, indent=1))
     summary = {k: report[k] for k in SUMMARY_KEYS}
     summary["output"] = str(out)
     return summary
 
 
+def _outputs(args: argparse.Namespace) -> Any:
+    """The command's outputs (-o, then --report), checked before anything is read."""
+    from ..io import labelmap_output
+    from ..outputs import Outputs
+
+    check_label_value(args.label, "--label")
+    check_label_value(args.out_label, "--out-label")
+    outputs = Outputs([args.image, args.seed])
+    labelmap_output(outputs, args.output, "label map (-o)")
+    if args.report:
+        outputs.add(args.report, (".json",), "report (--report)")
+    return outputs
+
+
 def run(args: argparse.Namespace) -> int:
-    """Fill the volume from the seeds and write the label map (and the report)."""
+    """Fill the volume from the seeds and write the label map (and the report); a cancelled run writes nothing."""
     from ..propagate import propagate
     from ..propagate import seed_from_box
 
-    volume, axis = read_image(args, args.output)
+    outputs = _outputs(args)
+    volume, axis = read_image(args)
     slice_range = _slice_range(args)
     if (args.seed is None) == (args.box is None):
         raise ValueError("Give either --seed (a label map) or --box with --slice.")
@@ -149,9 +167,12 @@ def run(args: argparse.Namespace) -> int:
         masks = {args.slice: seed_from_box(seg, axis, args.slice, box, cfg.refine)[0]}
     with cancel_on_sigterm() as token, progress_reporter(args.json_progress, f"propagate ({args.generator})") as bar:
         res = propagate(seg, masks, axis, args.generator, cfg, slice_range, progress=bar, should_stop=token)
-        summary = _write_outputs(args, volume, res, label)
+        if res.cancelled:
+            done = sum(r.status != "user" for r in res.records)
+            raise Cancelled(f"cancelled after {done} slices; nothing was written.")
+        summary = _write_outputs(args, volume, res, outputs, label)
         if args.json_progress:
             bar.result(summary)
     if not args.json_progress:
         print(json.dumps(summary))
-    return EXIT_CANCELLED if res.cancelled else EXIT_OK
+    return EXIT_OK

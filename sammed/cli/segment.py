@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 
 from ..prompts import Prompts
 from .options import add_common_args
+from .options import check_label_value
 from .options import check_model_choice
+from .options import label_dtype
 from .options import make_mapping
 from .options import make_segmenter
 from .options import parse_floats
@@ -54,13 +55,17 @@ def prompts_from_args(args: argparse.Namespace) -> Prompts:
 def run(args: argparse.Namespace) -> int:
     """Segment the slice and write the label map."""
     from .. import geometry
-    from ..io import write_labelmap
+    from ..io import labelmap_output
+    from ..io import save_labelmap
+    from ..outputs import Outputs
     from ..segmenter import empty_slice_message
 
-    volume, axis = read_image(args, args.output)
-    out = Path(args.output)
+    # every check that needs no model runs before the model is loaded, the output's first
+    check_label_value(args.label, "--label")
+    outputs = Outputs([args.image])
+    out = labelmap_output(outputs, args.output, "label map (-o)")
     prompts = prompts_from_args(args)
-    # every check that needs no model runs before the model is loaded
+    volume, axis = read_image(args)
     index = geometry.check_index(volume.shape_kji, axis, args.slice)
     prompts.checked(geometry.slice_shape(volume.shape_kji, axis))
     mapping = make_mapping(args, volume)
@@ -69,9 +74,10 @@ def run(args: argparse.Namespace) -> int:
     if s.min() == s.max():
         raise ValueError(empty_slice_message(axis, index))
     result = make_segmenter(args, volume, mapping).segment(axis, index, prompts)
-    labels_kji = np.zeros(volume.shape_kji, dtype=np.uint8)
-    geometry.insert_slice(labels_kji, axis, index, result.mask_hw.astype(np.uint8) * args.label)
-    write_labelmap(out, labels_kji, volume, {args.label: args.name})
+    labels_kji = np.zeros(volume.shape_kji, dtype=label_dtype(args.label))
+    geometry.insert_slice(labels_kji, axis, index, result.mask_hw.astype(labels_kji.dtype) * args.label)
+    with outputs.commit() as temps:
+        save_labelmap(temps[out], labels_kji, volume, {args.label: args.name})
     print(
         json.dumps(
             {

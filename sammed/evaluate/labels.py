@@ -30,19 +30,33 @@ def load_label_names(labels_path: str | Path, names_file: str | Path | None = No
     Accepted formats: ``{"labels_present": {"5": {"name": "liver"}}}`` or ``{"5": "liver"}``.
 
     Raises:
-        ValueError: ``names_file`` does not exist.
+        ValueError: ``names_file`` does not exist, is not JSON, or is not one of the formats above.
     """
     path = Path(names_file) if names_file is not None else _names_file_beside(Path(labels_path))
     if names_file is not None and not Path(names_file).is_file():
         raise ValueError(f"Label names file '{names_file}' does not exist.")
     if path is None:
         return {}
-    data = json.loads(path.read_text())
-    table = data.get("labels_present", data)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"Cannot read label names file '{path}': {exc}; give a JSON object.") from None
+    return _names_from_json(data, path)
+
+
+def _names_from_json(data: object, path: Path) -> dict[int, str]:
+    usage = 'use {"5": "liver"} or {"labels_present": {"5": {"name": "liver"}}}'
+    table = data.get("labels_present", data) if isinstance(data, dict) else None
+    if not isinstance(table, dict):
+        raise ValueError(f"Label names file '{path}' holds a {type(data).__name__}, not a JSON object; {usage}.")
     out = {}
     for k, v in table.items():
-        if str(k).isdigit():
-            out[int(k)] = v["name"] if isinstance(v, dict) else str(v)
+        if not str(k).isdigit():
+            continue
+        name = v.get("name") if isinstance(v, dict) else v
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"Label names file '{path}': label {k} has no name ({v!r}); {usage}.")
+        out[int(k)] = name.strip()
     return out
 
 
@@ -54,10 +68,12 @@ def resolve_labels(
     Default: the ``default_count`` largest labels present.
 
     Raises:
-        ValueError: a label that is unknown or not present in the label map.
+        ValueError: an empty label map, a label that is unknown or not present in the label map.
     """
     values, counts = np.unique(labels_kji[labels_kji > 0], return_counts=True)
     present = {int(v): int(c) for v, c in zip(values, counts, strict=True)}
+    if not present:
+        raise ValueError("The label map holds no labels (every voxel is 0); give the reference label map.")
     by_name = {n: v for v, n in names.items()}
     if not spec:
         top = sorted(present, key=lambda v: -present[v])[:default_count]

@@ -126,7 +126,8 @@ def propagate(
         generator: one of ``GENERATORS``.
         config: options (``PropagationConfig()`` if None).
         slice_range: inclusive (first, last) slice indices the generator may fill (default: the whole axis).
-        progress: ``progress(fraction, message)``, called once per slice ("Slice i (k of n), going up").
+        progress: ``progress(fraction, message)``, called once per slice ("Slice i (k of n), going up"), and with
+            1.0 at the end of a run that was not cancelled.
         should_stop: polled before each slice; when it answers True the run ends within one slice and the
             partial result is returned with ``cancelled=True``.
         on_slice: ``on_slice(record, mask_hw)`` for every non-user slice once its record is final: ``mask_hw`` is
@@ -148,6 +149,9 @@ def propagate(
     for i, m in masks.items():  # user slices are the user's, whatever happened
         geometry.insert_slice(ctx.mask_kji, ctx.axis, i, m)
     records = [ctx.records[i] for i in sorted(ctx.records)]
+    if progress is not None and not ctx.cancelled:  # the stop rules may end before the last slice of the range
+        generated = sum(r.status == "generated" for r in records)
+        progress(1.0, f"Done: {generated} slices generated")
     coarse = None
     if ctx.coarse:
         coarse = np.zeros_like(ctx.mask_kji)
