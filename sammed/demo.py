@@ -118,7 +118,7 @@ def run_demo(out: str | Path, device: str = "auto") -> dict:
         panels.append(
             display_orientation(overlay_rgb(image, [result.mask_hw], reference=[ref_hw]), axis, volume.direction_lps)
         )
-    captions = [f"{r['label']}, axial slice {r['axial_slice']}: Dice {r['dice']:.3f}" for r in rows]
+    captions = [f"{r['label']}, axial {r['axial_slice']}: Dice {r['dice']:.3f}" for r in rows]
     picture = figure(panels, captions, LEGEND, columns=2, scale=2)
     text = _table(rows)
     summary = {
