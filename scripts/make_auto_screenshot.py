@@ -26,7 +26,6 @@ from SAMMedLib import SegmentIO
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "out" / "screenshots"
 OUT.mkdir(parents=True, exist_ok=True)
-sys.path[:0] = [str(ROOT / "Testing"), str(ROOT / "SAMMedAnnotator"), str(ROOT / "SAMMedAuto")]
 
 PROMPT = int(sys.argv[1]) if len(sys.argv) > 1 else 90
 paths = example_paths()
