@@ -183,3 +183,13 @@ def test_functions_stay_short():
                     if lines > 62:
                         long.append(f"{path.relative_to(ROOT)}:{node.name} ({lines})")
     assert not long, f"functions over ~60 lines: {long}"
+
+
+def test_readme_and_docs_name_no_shared_folder():
+    """A user's clone has no ../shared: every command and path in the README and docs must work from the repository
+    (the example data is bundled in Testing/Data)."""
+    texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    offending = [
+        f"{p.name}:{n}" for p in texts for n, line in enumerate(p.read_text().splitlines(), 1) if "../shared" in line
+    ]
+    assert not offending, offending
