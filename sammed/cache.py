@@ -128,6 +128,7 @@ class EmbeddingCache:
         self._inflight: dict[CacheKey, threading.Event] = {}
         self._disk_ok = False  # the folder is proven ours (marker present or written)
         self._disk_off = False  # the disk tier gave up (not ours, unwritable): memory only from now on
+        self._disk_bytes: int | None = None  # our entries' bytes as last counted, plus those written since
         self.stats = CacheStats()
 
     # ------------------------------------------------------------------ memory tier
@@ -224,9 +225,8 @@ class EmbeddingCache:
         """What the disk folder is, without changing anything.
 
         Returns:
-            "none" (no disk tier), "missing", "empty", "cache" (marked SAMMed cache), "legacy" (an older SAMMed
-            cache without marker, adopted on first use), "foreign" (a non-empty folder that is not a SAMMed cache)
-            or "unusable" (a file, or a path that cannot be read).
+            "none" (no disk tier), "missing", "empty", "cache" (marked), "legacy" (an older SAMMed cache without
+            marker, adopted on first use), "foreign" (not a SAMMed cache) or "unusable" (a file, unreadable).
         """
         if self.disk_dir is None:
             return "none"
@@ -291,10 +291,10 @@ class EmbeddingCache:
         if root is None:
             return
         try:
-            _write_entry(root / _VERSION_DIR / key.folder(), key.stem(), emb16)
+            written = _write_entry(root / _VERSION_DIR / key.folder(), key.stem(), emb16)
             with self._lock:
                 self.stats.disk_writes += 1
-            self._enforce_disk_cap()
+            self._enforce_disk_cap(written)
         except (OSError, ValueError) as exc:
             self._give_up(f"cannot write to {root} ({exc})")
 
@@ -305,10 +305,16 @@ class EmbeddingCache:
         found = _scan(self.disk_dir, temps=False)
         return len(found), sum(size for _, size, _ in found)
 
-    def _enforce_disk_cap(self) -> None:
-        """Delete this cache's own entries, oldest first, until the disk tier fits ``max_disk_bytes``."""
+    def _enforce_disk_cap(self, written: int) -> None:
+        """Delete this cache's own entries, oldest first, until the disk tier fits ``max_disk_bytes``. The folder is
+        scanned again only when the last count plus the bytes ``written`` since passes the bound (not every write)."""
         if self.disk_dir is None or not self._disk_ok:
             return
+        with self._lock:
+            if self._disk_bytes is not None:
+                self._disk_bytes += written
+                if self._disk_bytes <= self.max_disk_bytes:
+                    return
         found = _scan(self.disk_dir, temps=False)
         total = sum(size for _, size, _ in found)
         removed = []
@@ -320,6 +326,8 @@ class EmbeddingCache:
             total -= size
             removed.append(path)
         _prune_folders(self.disk_dir, removed)
+        with self._lock:
+            self._disk_bytes = total
 
     def clear_disk(self) -> int:
         """Delete this cache's own disk entries (nothing else); returns the bytes freed.
@@ -344,6 +352,8 @@ class EmbeddingCache:
             freed += size
             removed.append(path)
         _prune_folders(self.disk_dir, removed)
+        with self._lock:
+            self._disk_bytes = None  # counted again at the next write
         if failed:
             raise ValueError(f"could not delete {len(failed)} entries in {self.disk_dir} ({failed[0]}).")
         return freed
@@ -493,8 +503,8 @@ def _write_marker(root: Path) -> None:
     _write_atomic(root / MARKER_NAME, temp, lambda f: f.write(text.encode("utf-8")))
 
 
-def _write_entry(folder: Path, stem: str, emb16: np.ndarray) -> None:
-    """Write one entry atomically, replacing other versions of the same slice.
+def _write_entry(folder: Path, stem: str, emb16: np.ndarray) -> int:
+    """Write one entry atomically, replacing other versions of the same slice; returns its size in bytes.
 
     Raises:
         OSError: the entry cannot be written.
@@ -507,3 +517,4 @@ def _write_entry(folder: Path, stem: str, emb16: np.ndarray) -> None:
     for old in _entries_of(folder, stem):
         if old != final:
             old.unlink(missing_ok=True)
+    return final.stat().st_size

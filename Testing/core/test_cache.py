@@ -69,6 +69,21 @@ def test_disk_cap_and_clear(tmp_path):
     assert cache.disk_usage() == (0, 0)
 
 
+def test_disk_cap_counts_entries_another_process_wrote(tmp_path):
+    """The cap keeps a running total between scans; entries written by another cache on the same folder (another
+    process) are still found and evicted once the total passes the bound."""
+    emb = np.zeros((4, 8, 8), np.float32)
+    first = EmbeddingCache(disk_dir=tmp_path, max_disk_bytes=3 * 700)
+    second = EmbeddingCache(disk_dir=tmp_path, max_disk_bytes=3 * 700)
+    for i in range(3):
+        first.put(key(i), emb)
+    for i in range(3, 8):
+        second.put(key(i), emb)
+    files, size = first.disk_usage()
+    assert size <= 3 * 700 and 0 < files <= 3
+    assert EmbeddingCache(disk_dir=tmp_path).get(key(7)) is not None  # the newest entry is kept on disk
+
+
 def test_concurrent_requests_for_one_slice_encode_once():
     cache = EmbeddingCache()
     calls = []
