@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
 from .options import add_common_args
+from .options import check_output_folder
 from .options import make_segmenter
 from .options import output_folder
 from .options import read_image
@@ -51,9 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate.labels import resolve_labels
     from ..outputs import Outputs
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out '{out}' is a file; give a folder for eval_{args.protocol}.json and .md.")
+    out = check_output_folder(args.out, "--out")  # created only once the inputs are known to be good
     volume, axis = read_image(args)
     labels = read_labels_on_grid(args.labels, volume, "label map")
     names = load_label_names(args.labels, args.label_names)

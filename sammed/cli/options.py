@@ -89,15 +89,25 @@ def label_dtype(value: int) -> type[np.unsignedinteger]:
     return np.uint8 if value < 256 else np.uint16
 
 
+def check_output_folder(path: str, what: str) -> Path:
+    """A folder for a command's output files, not created yet (checked before any work).
+
+    Raises:
+        ValueError: it is a file.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{what} '{p}' is a file; give a folder.")
+    return p
+
+
 def output_folder(path: str, what: str) -> Path:
     """A folder for a command's output files, created if missing.
 
     Raises:
         ValueError: it is a file, or it cannot be created.
     """
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise ValueError(f"{what} '{p}' is a file; give a folder.")
+    p = check_output_folder(path, what)
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
