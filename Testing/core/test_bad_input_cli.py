@@ -375,7 +375,7 @@ def test_the_documented_boxes_outline_an_organ_of_the_bundled_ct():
 
     root = Path(__file__).resolve().parents[2]
     texts = [root / "README.md", *sorted((root / "docs").glob("*.md")), *sorted((root / "sammed" / "cli").glob("*.py"))]
-    found = {m for p in texts for m in re.findall(r"--slice (\d+) --box ([\d,]+)", p.read_text())}
+    found = {m for p in texts for m in re.findall(r"--slice (\d+) --box ([\d,]+)", p.read_text(encoding="utf-8"))}
     assert found, "no documented box found"
     labels = read_volume(CT_LABELS).array_kji
     for index, box in found:

@@ -190,6 +190,9 @@ def test_readme_and_docs_name_no_shared_folder():
     (the example data is bundled in Testing/Data)."""
     texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     offending = [
-        f"{p.name}:{n}" for p in texts for n, line in enumerate(p.read_text().splitlines(), 1) if "../shared" in line
+        f"{p.name}:{n}"
+        for p in texts
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if "../shared" in line
     ]
     assert not offending, offending
