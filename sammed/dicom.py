@@ -20,6 +20,7 @@ import numpy as np
 from .readers import MAX_VOXELS_ENV
 from .readers import itk_reason
 from .readers import max_voxels_limit
+from .readers import sitk_module
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +29,10 @@ _DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 _HEAD = 1 << 16
 
 
-def _sitk() -> Any:
-    import SimpleITK as sitk
-
-    return sitk
-
-
 @contextmanager
 def _quiet_itk() -> Iterator[None]:
     """ITK warnings (e.g. 'Non uniform sampling') off: SAMMed reports them itself, in one line."""
-    po = _sitk().ProcessObject
+    po = sitk_module().ProcessObject
     before = po.GetGlobalWarningDisplay()
     po.SetGlobalWarningDisplay(False)
     try:
@@ -48,7 +43,7 @@ def _quiet_itk() -> Iterator[None]:
 
 def _file_tags(path: str, *tags: str) -> list[str]:
     """DICOM tag values of one file (empty strings for missing tags or an unreadable file)."""
-    reader = _sitk().ImageFileReader()
+    reader = sitk_module().ImageFileReader()
     reader.SetFileName(path)
     try:
         reader.ReadImageInformation()
@@ -153,7 +148,7 @@ def read_dicom_series(folder: Path, series: str | None, allow_gaps: bool, max_vo
         ValueError: no series, several series and no ``series`` (the message lists them), an unknown ``series``,
             unreadable files or uneven slice positions without ``allow_gaps``, too many voxels, a read failure.
     """
-    sitk = _sitk()
+    sitk = sitk_module()
     reader = sitk.ImageSeriesReader()
     ids = [str(u) for u in reader.GetGDCMSeriesIDs(str(folder))]
     if not ids:
@@ -195,7 +190,7 @@ def _check_dicom_voxels(folder: Path, names: list[str], max_voxels: int | None) 
     Raises:
         ValueError: too many voxels.
     """
-    reader = _sitk().ImageFileReader()
+    reader = sitk_module().ImageFileReader()
     reader.SetFileName(names[0])
     try:
         reader.ReadImageInformation()

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .geometry import plain_list
+from .readers import sitk_module
 
 if TYPE_CHECKING:
     from .outputs import Outputs
@@ -177,12 +178,6 @@ def volume_digest(array_kji: np.ndarray, spacing_ijk: tuple[float, ...] = (1.0, 
     return h.hexdigest()
 
 
-def _sitk() -> Any:
-    import SimpleITK as sitk
-
-    return sitk
-
-
 def read_volume(
     path: str | os.PathLike,
     series: str | None = None,
@@ -217,7 +212,7 @@ def read_volume(
             f"Image '{p}' has {image.GetNumberOfComponentsPerPixel()} components per voxel and size "
             f"{image.GetSize()}; SAMMed needs a 3-D scalar (grey-value) volume."
         )
-    array = _sitk().GetArrayFromImage(image)  # KJI
+    array = sitk_module().GetArrayFromImage(image)  # KJI
     bad = non_finite_voxels(array) or (readers.stored_non_finite(p, header) if header else 0)
     if bad:
         raise ValueError(readers.non_finite_message(f"Image '{p}'", bad, array.size))
@@ -251,14 +246,14 @@ def _read_image(p: Path, series: str | None, allow_gaps: bool, max_voxels: int |
     header = readers.read_header(p)
     readers.check_header(p, header, max_voxels)
     try:
-        return _sitk().ReadImage(str(p)), header
+        return sitk_module().ReadImage(str(p)), header
     except RuntimeError as exc:
         raise readers.cannot_read(p, exc) from None
 
 
 def to_sitk(volume: Volume, array_kji: np.ndarray | None = None) -> Any:
     """A SimpleITK image with ``volume``'s geometry and ``array_kji`` (default: its own voxels)."""
-    sitk = _sitk()
+    sitk = sitk_module()
     arr = volume.array_kji if array_kji is None else array_kji
     if arr.shape != volume.array_kji.shape:
         raise ValueError(f"Array shape {arr.shape} does not match the volume grid {volume.array_kji.shape}.")
@@ -308,7 +303,7 @@ def save_labelmap(
     if str(file).lower().endswith(".seg.nrrd"):
         _write_seg_nrrd(Path(file), labels, reference, segment_names or {})
     else:
-        _sitk().WriteImage(to_sitk(reference, labels), str(file), useCompression=True)
+        sitk_module().WriteImage(to_sitk(reference, labels), str(file), useCompression=True)
 
 
 def write_labelmap(
@@ -342,7 +337,7 @@ def write_labelmap(
 
 def _write_seg_nrrd(path: Path, labels_kji: np.ndarray, reference: Volume, names: dict[int, str]) -> None:
     """Write a Slicer ``.seg.nrrd``: one shared label layer, a segment per label value."""
-    sitk = _sitk()
+    sitk = sitk_module()
     image = to_sitk(reference, labels_kji)
     values = [int(v) for v in np.unique(labels_kji) if v != 0]
     palette = [(0.5, 0.68, 0.5), (0.94, 0.84, 0.57), (0.69, 0.48, 0.39), (0.44, 0.72, 0.82), (0.85, 0.40, 0.40)]

@@ -44,7 +44,8 @@ _SCALAR_BYTES = {
 }
 
 
-def _sitk() -> Any:
+def sitk_module() -> Any:
+    """SimpleITK, imported on first use (``import sammed`` stays light)."""
     import SimpleITK as sitk
 
     return sitk
@@ -103,7 +104,7 @@ def itk_reason(exc: BaseException) -> str:
 
 def cannot_read(path: Path, exc: BaseException) -> ValueError:
     """The error for a file ITK fails on: truncated, of an unknown format or damaged, with ITK's reason."""
-    io = _sitk().ImageFileReader.GetImageIOFromFileName(str(path))
+    io = sitk_module().ImageFileReader.GetImageIOFromFileName(str(path))
     cut = truncated_header(path, check_gzip=True)
     if cut:
         what = f"the file is truncated ({cut}); copy or export it again"
@@ -140,7 +141,7 @@ def read_header(path: Path) -> Header:
     cut = truncated_header(path)  # before ITK: its MetaImage reader prints to stderr on these
     if cut:
         raise ValueError(f"Image '{path}' is truncated or damaged: {cut}; copy or export the file again.")
-    sitk = _sitk()
+    sitk = sitk_module()
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
