@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .readers import MAX_VOXELS_ENV
+from .readers import check_voxel_count
 from .readers import itk_reason
-from .readers import max_voxels_limit
 from .readers import sitk_module
 
 log = logging.getLogger(__name__)
@@ -197,9 +196,4 @@ def _check_dicom_voxels(folder: Path, names: list[str], max_voxels: int | None) 
     except RuntimeError:
         return  # the series reader reports it
     voxels = int(np.prod(reader.GetSize(), dtype=np.float64)) * len(names)
-    limit = max_voxels_limit(max_voxels)
-    if voxels > limit:
-        raise ValueError(
-            f"DICOM folder '{folder}' holds {voxels:,} voxels, more than the limit of {limit:,}; raise the limit "
-            f"({MAX_VOXELS_ENV} or max_voxels=) if the machine has the memory."
-        )
+    check_voxel_count(f"DICOM folder '{folder}' holds", voxels, max_voxels)

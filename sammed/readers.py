@@ -169,12 +169,21 @@ def check_header(path: Path, header: Header, max_voxels: int | None = None) -> N
     short = data_shortfall(path, header)
     if short:
         raise ValueError(f"Image '{path}' is truncated or damaged: {short}; copy or export the file again.")
+    dims = "x".join(str(s) for s in header.size)
+    check_voxel_count(f"Image '{path}' declares {dims} =", header.voxels, max_voxels)
+
+
+def check_voxel_count(what: str, voxels: int, max_voxels: int | None = None) -> None:
+    """Refuse ``voxels`` over the limit (``max_voxels_limit``); ``what`` starts the message.
+
+    Raises:
+        ValueError: too many voxels.
+    """
     limit = max_voxels_limit(max_voxels)
-    if header.voxels > limit:
-        dims = "x".join(str(s) for s in header.size)
+    if voxels > limit:
         raise ValueError(
-            f"Image '{path}' declares {dims} = {header.voxels:,} voxels, more than the limit of {limit:,}; crop or "
-            f"downsample it, or raise the limit ({MAX_VOXELS_ENV} or max_voxels=) if the machine has the memory."
+            f"{what} {voxels:,} voxels, more than the limit of {limit:,}; crop or downsample it, or raise the limit "
+            f"({MAX_VOXELS_ENV} or max_voxels=) if the machine has the memory."
         )
 
 
