@@ -108,6 +108,8 @@ class WorkerEvent:
         result: the job's return value (``done``, and ``cancelled`` when the job returned a partial result) or the
             piece posted (``partial``); numpy arrays and plain values only.
         error: the message of the exception (``failed``) or of the cancel.
+        errorType: what kind of failure (worker process replies: ``bad_input``, ``bad_request``, ``unknown_op``,
+            ``unknown_volume``, ``internal``); "" otherwise.
     """
 
     kind: str
@@ -117,6 +119,7 @@ class WorkerEvent:
     message: str = ""
     result: Any = None
     error: str = ""
+    errorType: str = ""
 
 
 @dataclass(frozen=True)

@@ -37,13 +37,19 @@ class FakeBackend:
         self.encode_calls = 0
         self.decode_calls = 0
         self._lock = threading.Lock()
+        self.yield_point: Any = lambda: None
+
+    def set_yield_point(self, fn: Any) -> None:
+        """Call ``fn()`` between the "layers" of an encode (as ``SamFamilyBackend`` does before each module)."""
+        self.yield_point = fn
 
     def encode(self, image_hw3: np.ndarray) -> np.ndarray:
         """1xHxW float32: the grey image itself."""
         with self._lock:
             self.encode_calls += 1
-        if self.encode_delay:
-            time.sleep(self.encode_delay)
+        for _ in range(10 if self.encode_delay else 1):  # ten "layers", each a yield point
+            self.yield_point()
+            time.sleep(self.encode_delay / 10)
         grey = np.asarray(image_hw3, dtype=np.float32)
         grey = grey.mean(axis=2) if grey.ndim == 3 else grey
         return grey[None]  # 1xHxW: the "embedding" is the image itself

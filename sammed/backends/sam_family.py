@@ -10,6 +10,7 @@ Each family owns its pre-processing:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,16 @@ class SamFamilyBackend:
             std = torch.tensor(_PIXEL_STD, device=self.device).view(1, 3, 1, 1)
             x = (x - mean) / std
         return F.pad(x, (0, self.image_size - nw, 0, self.image_size - nh))
+
+    def set_yield_point(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` before every module of the model runs: the worker process pauses (or cancels, by raising)
+        background work there while a user's request runs (``sammed.worker.server``)."""
+
+        def hook(module: torch.nn.Module, inputs: Any) -> None:
+            fn()
+
+        for module in self.model.modules():
+            module.register_forward_pre_hook(hook)
 
     @torch.inference_mode()
     def encode(self, image_hw3: np.ndarray) -> np.ndarray:
