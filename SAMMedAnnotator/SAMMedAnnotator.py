@@ -388,9 +388,9 @@ class SAMMedAnnotatorLogic(ScriptedLoadableModuleLogic):
 
         return self._session or sharedSession()
 
-    def setBackend(self, backend) -> None:
-        """Use ``backend`` from now on (None: load the parameter node's model on first use)."""
-        self.session.setBackend(backend)
+    def useTestModel(self) -> None:
+        """Use the analytic test model in the worker from now on (self-tests: nothing to install or download)."""
+        self.session.useTestModel()
 
     @property
     def annotator(self):

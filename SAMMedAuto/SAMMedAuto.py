@@ -2,8 +2,9 @@
 
 The module is thin: MRML work lives in ``SAMMedAutoLib`` and ``SAMMedLib`` (tested outside the app with
 ``slicer-core``), the propagation in ``sammed.propagate``. The model, embeddings and learned prompt encoder are the
-ones of ``SAMMedLib.ModelSession.sharedSession()`` (shared with SAMMed Annotator). The propagation runs as a
-background job; a QTimer on the main thread polls it and updates the preview segment, progress and review table.
+ones of ``SAMMedLib.ModelSession.sharedSession()`` (shared with SAMMed Annotator). The propagation runs in the
+``sammed`` worker process; a QTimer on the main thread reads its replies without waiting and updates the preview
+segment, progress and review table.
 """
 
 import importlib
@@ -305,8 +306,9 @@ class SAMMedAutoLogic(ScriptedLoadableModuleLogic):
 
     Args:
         propagateFn: the propagation function (default ``sammed.propagate.propagate``).
-        segmenterFactory: ``factory(volume) -> Segmenter`` (tests); default: the shared ``ModelSession``'s segmenter
-            of the volume (same model, intensity preset, embeddings and learned prompt encoder as SAMMed Annotator).
+        segmenterFactory: ``factory(volume) -> Segmenter`` (tests, run in this process); default: the shared
+            ``ModelSession``'s segmenter of the volume (the worker process: same model, intensity preset,
+            embeddings and learned prompt encoder as SAMMed Annotator).
         editorLogic: ``vtkSlicerSegmentEditorLogic`` used by Accept (default: one on the Segment Editor's node).
         session: the ``SAMMedLib.ModelSession`` (default: the application's shared session).
     """
@@ -352,6 +354,15 @@ class SAMMedAutoLogic(ScriptedLoadableModuleLogic):
             self._segmenterKey = key
         return self._segmenter
 
+    def jobs(self):
+        """Where propagations run: the shared session's worker process, or (tests with a ``segmenterFactory`` or a
+        ``propagateFn``) an in-process worker of the review's own."""
+        if self.segmenterFactory is not None or self.propagateFn is not None:
+            return None
+        from SAMMedLib.ModelSession import SessionJobs
+
+        return SessionJobs(self.session, "SAMMedAuto")
+
     def learnedEncoderText(self) -> str:
         segmenter = self._segmenter
         if segmenter is not None and getattr(segmenter, "prompt_encoder", None) is not None:
@@ -396,7 +407,9 @@ class SAMMedAutoLogic(ScriptedLoadableModuleLogic):
         segmenter = self.segmenter(p.sourceVolume)
         axis = geometry.axis_for_orientation(segmenter.volume.direction_lps, p.orientation)
         sliceRange = VolumeAccess.sliceRangeFromROI(p.rangeROI, p.sourceVolume, axis) if p.rangeROI else None
-        review = AutoReview(p.segmentation, p.segmentID, p.sourceVolume, propagateFn=self.propagateFn)
+        review = AutoReview(
+            p.segmentation, p.segmentID, p.sourceVolume, propagateFn=self.propagateFn, worker=self.jobs()
+        )
         review.start(segmenter, axis=axis, generator=p.generator, config=self.makeConfig(p), sliceRange=sliceRange)
         if self.review is not None:
             self.review.close()

@@ -1,192 +1,183 @@
-"""The model work both SAMMed modules and the Segment Editor effect share: one model, one embedding cache, one
-segmenter per volume, one background worker.
+"""The model work both SAMMed modules and the Segment Editor effect share: one worker process, one segmenter per
+volume node.
+
+The model, the embedding cache, SAMassist fits and propagation runs live in a separate ``sammed`` worker process
+(``sammed.worker``), started with Slicer's own Python (``PythonSlicer``, so the PyTorch extension's torch is the one
+used). Slicer's PythonQt runs without Python thread support, so a Python thread in Slicer advances only while the
+main thread runs Python; a process runs beside the application whatever the main thread does, and a crash in model
+code ends the worker, not Slicer. Nothing here imports torch or starts a thread: the modules' QTimers call
+``drain()``, which reads the worker's replies without waiting.
 
 SAMMed Annotator, SAMMed Auto and the effect all ask ``sharedSession()`` for the segmenter of a volume node, so a
-slice encoded in one is never encoded again in another, and a learned (SAMassist) prompt encoder set on the
-annotator's segmenter is the one SAMMed Auto uses. The session observes the scene: removing a volume or closing
-the scene cancels its jobs and releases its embeddings. Uses only ``slicer`` MRML classes, ``vtk``, ``numpy`` and
-``sammed`` (testable with ``slicer-core``); tests build their own session with a fake backend.
+slice encoded for one is never encoded again for another, and a learned (SAMassist) prompt encoder is used by all.
+The session observes the scene: removing a volume or closing the scene cancels its jobs and lets the worker forget
+it. Uses only ``slicer`` MRML classes, ``vtk``, ``numpy`` and ``sammed`` (testable with ``slicer-core``; tests run
+the worker with the analytic test model ``fake`` or the real LiteMedSAM).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import shutil
+import sys
 from pathlib import Path
-from typing import Any
 
 import slicer
 import vtk
 
 from sammed import jobs
-from sammed.cache import EmbeddingCache
-from sammed.segmenter import Segmenter
+from sammed.worker.client import WorkerClient
+from sammed.worker.remote import RemoteSegmenter
 
 from . import VolumeAccess
 
 DEFAULT_MODEL = "litemedsam"
+TEST_MODEL = "fake"  # the analytic model of sammed.backends.fake: tests and self-tests, no torch
 DEFAULT_PRECOMPUTE_RADIUS = 8  # slices encoded each side of the one a user prompts on
 
 
+def workerCommand() -> list[str]:
+    """How to start a worker: Slicer's ``PythonSlicer`` when running in the application (on PATH there, next to
+    the application's Python otherwise; found the way ``executePythonModule`` in Slicer's
+    ``Base/Python/slicer/util.py`` finds it), else this Python (tests, plain Python)."""
+    if hasattr(slicer, "app"):
+        found = shutil.which("PythonSlicer")
+        if found:
+            return [found, "-m", "sammed.worker"]
+        candidate = Path(sys.executable).with_name("PythonSlicer" + (".exe" if os.name == "nt" else ""))
+        if candidate.exists():
+            return [str(candidate), "-m", "sammed.worker"]
+    return [sys.executable, "-m", "sammed.worker"]
+
+
 class ModelSession:
-    """Backend, cache, segmenters and worker of one scene.
+    """Worker process and segmenters of one scene.
 
     Args:
         scene: the ``vtkMRMLScene``.
-        backend: a ``sammed`` backend to use (tests pass ``FakeBackend``); None: load the configured model lazily.
-        backendFactory: ``() -> backend`` used instead of ``sammed.models.load_backend`` (None: that).
-        cache: embedding cache (a memory-only one is made if None).
+        client: the ``sammed.worker.client.WorkerClient`` (default: one starting ``workerCommand()``).
+        modelId: the model the worker loads; ``TEST_MODEL`` (the analytic test model) pins the session to it:
+            ``configure`` then changes everything but the model.
     """
 
-    def __init__(
-        self,
-        scene,
-        backend: Any = None,
-        backendFactory: Callable[[], Any] | None = None,
-        cache: EmbeddingCache | None = None,
-    ) -> None:
+    def __init__(self, scene, client: WorkerClient | None = None, modelId: str = DEFAULT_MODEL) -> None:
         self.scene = scene
-        self.cache = cache if cache is not None else EmbeddingCache()
-        self.worker = jobs.Worker("SAMMedWorker")
-        self.modelId = DEFAULT_MODEL
+        self.client = client if client is not None else WorkerClient(workerCommand())
+        self.modelId = modelId
+        self.pinned = modelId == TEST_MODEL
         self.device = "auto"
         self.preset = "auto"
-        self._backend = backend
-        self._injected = backend is not None
-        self._backendFactory = backendFactory
-        self._segmenters: dict[str, tuple[tuple, Segmenter]] = {}
-        self._pendingEncode: set[tuple[int, int]] = set()
+        self.diskCacheFolder: str | None = None
+        self._segmenters: dict[str, tuple[tuple, RemoteSegmenter]] = {}
+        self._jobs: dict[int, RemoteSegmenter] = {}
+        self._owners: dict[int, str] = {}  # request id -> consumer whose drain() gets its events
+        self._inboxes: dict[str, list[jobs.WorkerEvent]] = {}
+        self._pendingEncode: set[tuple[str, int, int]] = set()
         self._observations = [
             scene.AddObserver(slicer.vtkMRMLScene.NodeAboutToBeRemovedEvent, self._onNodeAboutToBeRemoved),
             scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, self._onSceneClose),
         ]
 
-    # ------------------------------------------------------------------ model
+    # ------------------------------------------------------------------ worker and model
+    @property
+    def worker(self) -> WorkerClient:
+        """The worker client (``busy``, ``wait_idle``, ``cancel`` as the in-process ``jobs.Worker`` had)."""
+        return self.client
+
     @property
     def backendInjected(self) -> bool:
-        """True when a backend was given (tests): no model is loaded, installed or downloaded."""
-        return self._injected
+        """True with the analytic test model: nothing is installed, asked or downloaded."""
+        return self.modelId == TEST_MODEL
 
-    @property
-    def backend(self) -> Any:
-        """The model (loaded on first use)."""
-        if self._backend is None:
-            if self._backendFactory is not None:
-                self._backend = self._backendFactory()
-            else:
-                from sammed import models
-
-                self._backend = models.load_backend(self.modelId, device=self.device)
-        return self._backend
-
-    def setBackend(self, backend: Any = None, backendFactory: Callable[[], Any] | None = None) -> None:
-        """Use ``backend`` (or build one with ``backendFactory`` on first use); running jobs are cancelled and the
-        segmenters rebuilt on next use."""
-        self.cancel()
-        self._backend = backend
-        self._injected = backend is not None
-        self._backendFactory = backendFactory
-        self._segmenters.clear()
+    def ensureWorker(self) -> None:
+        """Start the worker if needed; the client sends it the user's settings (again after every restart)."""
+        self.client.configure(model=self.modelId, device=self.device, cache_dir=self.diskCacheFolder or "")
+        self.client.start()
 
     def configure(self, modelId: str, device: str, preset: str, diskCacheFolder: str | Path | None) -> None:
-        """The user's choices: a new model or device loads that model on next use (unless a backend was given);
-        ``preset`` is the intensity preset new segmenters use; the disk cache tier is on with a folder."""
-        changed = (modelId, device) != (self.modelId, self.device)
-        self.modelId, self.device, self.preset = modelId, device, preset
-        if changed and not self._injected:
-            self.setBackend(None, self._backendFactory)
-        self.cache.disk_dir = Path(diskCacheFolder) if diskCacheFolder else None
+        """The user's choices: a new model or device is loaded by the worker on next use; ``preset`` is the
+        intensity preset of new segmenters; the disk cache tier is on with a folder."""
+        folder = str(diskCacheFolder) if diskCacheFolder else None
+        modelId = self.modelId if self.pinned else modelId
+        changed = (modelId, device, folder) != (self.modelId, self.device, self.diskCacheFolder)
+        if (modelId, device) != (self.modelId, self.device):
+            self.cancel()
+            self._segmenters.clear()
+        self.modelId, self.device, self.preset, self.diskCacheFolder = modelId, device, preset, folder
+        if changed and self.client.alive:
+            self.ensureWorker()
+
+    def useTestModel(self, encodeDelay: float = 0.0) -> None:
+        """Pin the session to the analytic test model (self-tests): jobs are cancelled, segmenters rebuilt;
+        ``encodeDelay`` seconds per encode simulate a slow model."""
+        self.configure(TEST_MODEL, self.device, self.preset, self.diskCacheFolder)
+        self.pinned = True
+        self.client.configure(fake_encode_delay=float(encodeDelay))
+        self.ensureWorker()
 
     def startDownload(self, modelId: str) -> int:
-        """Download a model's weights on the worker (SHA256-checked, written atomically by ``sammed.models``)."""
-        from sammed import models
-
-        def job(control: jobs.JobControl) -> str:
-            def report(done: int, total: int) -> None:
-                if control.should_stop():
-                    raise jobs.Cancelled("Download cancelled; nothing was kept.")
-                control.progress(
-                    done / max(total, 1), f"Downloading {modelId}: {done / 1e6:.0f} of {total / 1e6:.0f} MB"
-                )
-
-            return str(models.download_weights(modelId, progress=report))
-
-        return self.worker.submit("download", job)
+        """Download a model's weights in the worker (SHA256-checked, written atomically by ``sammed.models``)."""
+        self.ensureWorker()
+        return self.client.submit("download", {"model": modelId})
 
     # ------------------------------------------------------------------ segmenters
-    def segmenter(self, volumeNode, preset: str | None = None) -> Segmenter:
-        """The segmenter of ``volumeNode`` (on a copy of its voxels), rebuilt when its voxels, the preset or the
-        model change; loads the model on first use.
-
-        Args:
-            preset: intensity preset (None: the session's ``preset``).
+    def segmenter(self, volumeNode, preset: str | None = None) -> RemoteSegmenter:
+        """The segmenter of ``volumeNode`` (on a copy of its voxels, sent to the worker once), rebuilt when its
+        voxels, the preset or the model change.
 
         Raises:
-            ValueError: no volume, not scalar, or under a non-linear transform.
+            ValueError: no volume, not scalar, or under a non-linear transform; what the worker refuses.
         """
         if volumeNode is None:
             raise ValueError("Select a volume first.")
-        backend = self.backend
         image = volumeNode.GetImageData()
-        stamp = (image.GetMTime() if image is not None else 0, preset or self.preset, id(backend))
+        stamp = (image.GetMTime() if image is not None else 0, preset or self.preset, self.modelId, self.device)
         nodeID = volumeNode.GetID()
         known = self._segmenters.get(nodeID)
         if known is not None and known[0] == stamp:
             return known[1]
         if known is not None:
             self.cancel()
-        volume = VolumeAccess.volumeFromNode(volumeNode)
-        segmenter = Segmenter(volume, backend, cache=self.cache, preset=preset or self.preset)
-        if known is not None and known[1].volume.digest == volume.digest:
-            segmenter.prompt_encoder = known[1].prompt_encoder  # same voxels: the learned encoder still fits
+        self.ensureWorker()
+        segmenter = RemoteSegmenter(self.client, VolumeAccess.volumeFromNode(volumeNode), preset or self.preset)
+        segmenter.ensure_open()
         self._segmenters[nodeID] = (stamp, segmenter)
         return segmenter
 
-    def knownSegmenter(self, volumeNodeID: str | None) -> Segmenter | None:
+    def knownSegmenter(self, volumeNodeID: str | None) -> RemoteSegmenter | None:
         """The segmenter made for a volume node, or None (none yet, or released)."""
         known = self._segmenters.get(volumeNodeID or "")
         return None if known is None else known[1]
 
     def release(self, volumeNodeID: str | None = None) -> None:
-        """Cancel jobs and drop the segmenter and in-memory embeddings of one volume node (None: of all)."""
+        """Cancel jobs and let the worker forget one volume node's voxels and embeddings (None: all)."""
         ids = list(self._segmenters) if volumeNodeID is None else [volumeNodeID]
         dropped = [self._segmenters.pop(i)[1] for i in ids if i in self._segmenters]
         if dropped:
             self.cancel()
         for segmenter in dropped:
-            self.cache.release(segmenter.volume.digest)
+            if not any(s.volume.digest == segmenter.volume.digest for _, s in self._segmenters.values()):
+                segmenter.close()
 
-    # ------------------------------------------------------------------ background encoding
-    def _encodeJob(
-        self, segmenter: Segmenter, axis: int, index: int, report: Callable[[jobs.JobControl], None] | None = None
-    ) -> jobs.JobFn:
-        def job(control: jobs.JobControl) -> tuple[int, int]:  # worker thread: numpy and sammed only
-            if not control.should_stop():
-                segmenter.embedding(axis, index)
-            if control.should_stop():  # cancelled while encoding: the volume may be gone, keep nothing of it
-                self.cache.release(segmenter.volume.digest)
-                raise jobs.Cancelled()
-            if report is not None:
-                report(control)
-            return (axis, index)
+    # ------------------------------------------------------------------ work in the worker
+    def _track(self, segmenter: RemoteSegmenter, rid: int) -> int:
+        self._jobs[rid] = segmenter
+        return rid
 
-        return job
-
-    def requestEncode(self, segmenter: Segmenter, axis: int, index: int) -> int | None:
-        """Queue the encode of one slice ahead of the others; None when it is cached or already queued."""
-        if segmenter.is_cached(axis, index) or (axis, index) in self._pendingEncode:
+    def requestEncode(self, segmenter: RemoteSegmenter, axis: int, index: int) -> int | None:
+        """Encode one slice ahead of background work; None when it is cached or already asked for."""
+        key = (segmenter.volume.digest, int(axis), int(index))
+        if segmenter.is_cached(axis, index) or key in self._pendingEncode:
             return None
-        self._pendingEncode.add((axis, index))
-        return self.worker.submit("encode", self._encodeJob(segmenter, axis, index), first=True)
+        self._pendingEncode.add(key)
+        self.ensureWorker()
+        return self._track(segmenter, segmenter.requestEncode(axis, index))
 
     def precompute(
-        self, segmenter: Segmenter, axis: int, center: int, radius: int | None = DEFAULT_PRECOMPUTE_RADIUS
+        self, segmenter: RemoteSegmenter, axis: int, center: int, radius: int | None = DEFAULT_PRECOMPUTE_RADIUS
     ) -> int:
-        """Queue background encoding of the slices around ``center``: the centre first, then outward.
-
-        One worker job per slice, so a prompt on another slice (``requestEncode``) jumps ahead of them.
-
-        Args:
-            radius: slices each side of ``center``; None for the whole axis.
+        """Encode the slices around ``center`` in the background: the centre first, then outward (one job; a
+        prompt on another slice, ``requestEncode``, runs ahead of it). ``radius`` None: the whole axis.
 
         Returns:
             the number of slices queued (cached ones are skipped).
@@ -196,35 +187,60 @@ class ModelSession:
         reach = n if radius is None else int(radius)
         order = [center] + [i for d in range(1, reach + 1) for i in (center + d, center - d) if 0 <= i < n]
         order = [i for i in order if not segmenter.is_cached(axis, i)]
-        batch = {"done": 0, "total": len(order)}
-
-        def reporter(index: int) -> Callable[[jobs.JobControl], None]:
-            def report(control: jobs.JobControl) -> None:
-                batch["done"] += 1
-                control.progress(
-                    batch["done"] / batch["total"], f"Embedding slice {index} ({batch['done']} of {batch['total']})"
-                )
-
-            return report
-
-        for index in order:
-            self.worker.submit("embed", self._encodeJob(segmenter, axis, index, reporter(index)))
+        if order:
+            self.ensureWorker()
+            self._track(segmenter, segmenter.precompute(axis, order))
         return len(order)
 
-    def cancel(self) -> int:
-        """Cancel queued and running background work."""
-        self._pendingEncode.clear()
-        return self.worker.cancel()
+    def learn(self, segmenter: RemoteSegmenter, masks: dict, axis: int, target: str, config=None) -> int:
+        """SAMassist in the worker; when done, prompts on this volume use the learned encoder."""
+        self.ensureWorker()
+        return self._track(segmenter, segmenter.learn(masks, axis, target, config))
 
-    def drain(self) -> list[jobs.WorkerEvent]:
-        """The worker's events since the last call (main thread), with the encode queue's bookkeeping done."""
-        events = self.worker.drain()
-        for event in events:
-            if event.name == "encode" and event.kind != "progress" and isinstance(event.result, tuple):
-                self._pendingEncode.discard(event.result)
-            if event.name == "encode" and event.kind in ("cancelled", "failed"):
+    def propagate(self, segmenter: RemoteSegmenter, masks: dict, axis: int, generator: str, config, sliceRange):
+        """Propagation in the worker; per-slice results arrive as ``partial`` events."""
+        self.ensureWorker()
+        return self._track(segmenter, segmenter.propagate(masks, axis, generator, config, sliceRange))
+
+    def cancel(self, jobId: int | None = None, owner: str | None = None) -> int:
+        """Cancel background work: one job, the jobs of one consumer (``owner``, "" for the default one), or all."""
+        self._pendingEncode.clear()
+        if owner is None:
+            return self.client.cancel(jobId)
+        ids = [rid for rid in self.client.pending() if self._owners.get(rid, "") == owner]
+        return sum(self.client.cancel(rid) for rid in ids)
+
+    def own(self, jobId: int, owner: str) -> int:
+        """Send the events of ``jobId`` to ``drain(owner)`` instead of the default consumer."""
+        self._owners[jobId] = owner
+        return jobId
+
+    def drain(self, owner: str = "") -> list[jobs.WorkerEvent]:
+        """The worker's replies for ``owner`` since its last call (main thread, never waits): the jobs it
+        ``own``s, or for the default consumer ("") all others. Segmenters are told what was encoded or learned."""
+        for event in self.client.drain():
+            self._note(event)
+            final = event.kind in ("done", "cancelled", "failed")
+            target = self._owners.pop(event.jobId, "") if final else self._owners.get(event.jobId, "")
+            self._inboxes.setdefault(target, []).append(event)
+        return self._inboxes.pop(owner, [])
+
+    def _note(self, event: jobs.WorkerEvent) -> None:
+        segmenter = self._jobs.get(event.jobId)
+        if segmenter is not None:
+            segmenter.note(event)
+            if event.kind in ("done", "cancelled", "failed"):
+                del self._jobs[event.jobId]
+        if event.name == "encode" and event.kind != "progress":
+            result = event.result if isinstance(event.result, dict) else {}
+            digest = segmenter.volume.digest if segmenter is not None else ""
+            self._pendingEncode.discard((digest, result.get("axis", -1), result.get("index", -1)))
+            if event.kind != "done":
                 self._pendingEncode.clear()
-        return events
+
+    def owned(self, owner: str) -> list[int]:
+        """Request ids of ``owner``'s jobs still running."""
+        return [rid for rid, o in self._owners.items() if o == owner]
 
     @vtk.calldata_type(vtk.VTK_OBJECT)
     def _onNodeAboutToBeRemoved(self, caller, event, node) -> None:
@@ -235,12 +251,51 @@ class ModelSession:
         self.release()
 
     def cleanup(self) -> None:
-        """Remove scene observers, cancel jobs and end the worker thread."""
+        """Remove scene observers, cancel jobs and end the worker process."""
         for tag in self._observations:
             self.scene.RemoveObserver(tag)
         self._observations = []
         self.release()
-        self.worker.shutdown()
+        self.client.shutdown()
+
+
+class SessionJobs:
+    """One consumer's view of the session's worker (SAMMed Auto's review): its own jobs, its own events, with the
+    calls of the in-process ``sammed.jobs.Worker`` (``drain``, ``cancel``, ``busy``, ``wait_idle``)."""
+
+    def __init__(self, session: ModelSession, owner: str) -> None:
+        self.session = session
+        self.owner = owner
+
+    def propagate(self, segmenter: RemoteSegmenter, masks: dict, axis: int, generator: str, config, sliceRange):
+        """Start a propagation in the worker; returns its request id."""
+        return self.session.own(
+            self.session.propagate(segmenter, masks, axis, generator, config, sliceRange), self.owner
+        )
+
+    def drain(self) -> list[jobs.WorkerEvent]:
+        return self.session.drain(self.owner)
+
+    def cancel(self) -> int:
+        return self.session.cancel(owner=self.owner)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.session.owned(self.owner))
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Block until this consumer's jobs ended (tests and self-tests); their events stay for ``drain``."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self.busy and time.monotonic() < deadline:
+            for event in self.session.drain(self.owner):
+                self.session._inboxes.setdefault(self.owner, []).append(event)
+            time.sleep(0.01)
+        return not self.busy
+
+    def shutdown(self) -> None:
+        self.cancel()
 
 
 _shared: ModelSession | None = None
@@ -250,6 +305,8 @@ def sharedSession() -> ModelSession:
     """The application's session (on ``slicer.mrmlScene``), made on first use."""
     global _shared
     if _shared is None or _shared.scene is not slicer.mrmlScene:
+        if _shared is not None:
+            _shared.cleanup()
         _shared = ModelSession(slicer.mrmlScene)
     return _shared
 

@@ -1,11 +1,13 @@
 """SAMMed effect for the Segment Editor: click positive/negative points on a slice, the selected segment follows.
 
-Left click adds a positive point, Ctrl+left click (or Shift+left click) a negative one, on the slice under the
-mouse in any slice view aligned with the source volume. Each click decodes the model on that slice (encoding it
-once, then from the cache) and replaces the selected segment on that slice only, through ``SegmentIO.writeSlices``
-(the write of every SAMMed module) with the Segment Editor's own undo, masking and overwrite settings. Moving to
-another slice starts a new set of points. The model, intensity preset and embedding cache are the ones of
-``SAMMedLib.ModelSession.sharedSession()``, shared with SAMMed Annotator and SAMMed Auto. Slicer only.
+Left click adds a positive point, Ctrl+left click (or Shift+left click) a negative one, on the slice under the mouse
+in any slice view aligned with the source volume. Each click decodes the model on that slice in the ``sammed``
+worker process; the first click on a slice asks the worker to encode it and returns at once (the GUI stays live), a
+QTimer reads the worker's replies and decodes when the slice is ready. The result replaces the selected segment on
+that slice only, through ``SegmentIO.writeSlices`` (the write of every SAMMed module) with the Segment Editor's own
+undo, masking and overwrite settings. Moving to another slice starts a new set of points. The model, intensity
+preset and embedding cache are the ones of ``SAMMedLib.ModelSession.sharedSession()``, shared with SAMMed Annotator
+and SAMMed Auto. Slicer only.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from SAMMedLib import SegmentIO
 from SAMMedLib import VolumeAccess
 from SAMMedLib.ModelSession import sharedSession
 
+POLL_INTERVAL_MS = 50
 EFFECT_NAME = "SAMMed"  # stable, untranslated: code and saved settings look effects up by it
 
 
@@ -60,6 +63,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self._labels: list[int] = []
         self._slice: tuple[int, int] | None = None
         self._busy = False
+        self._waiting: tuple | None = None  # (volume node ID, axis, index) of a click whose slice is being encoded
+        self._timer = None
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -93,12 +98,18 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.statusLabel = qt.QLabel()
         self.statusLabel.wordWrap = True
         self.scriptedEffect.addOptionsWidget(self.statusLabel)
+        self._timer = qt.QTimer()  # reads the worker's replies while a clicked slice is encoded (never waits)
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.connect("timeout()", self.onPoll)
 
     def activate(self):
         self.resetPoints()
 
     def deactivate(self):
         self.resetPoints()
+        self._waiting = None
+        if self._timer is not None:
+            self._timer.stop()
 
     def resetPoints(self):
         self._points_xy, self._labels, self._slice = [], [], None
@@ -129,7 +140,6 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def _addPointAndSegment(self, ras, label: int, sliceNode) -> None:
         parameterSetNode = self.scriptedEffect.parameterSetNode()
         volumeNode = parameterSetNode.GetSourceVolumeNode()
-        segmentationNode = parameterSetNode.GetSegmentationNode()
         if volumeNode is None:
             raise ValueError(_("Select a source volume."))
         session = sharedSession()
@@ -145,7 +155,45 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         xy, _depth = VolumeAccess.worldToSliceXY(volumeNode, axis, [ras])
         self._points_xy.append([float(xy[0, 0]), float(xy[0, 1])])
         self._labels.append(label)
+        if not segmenter.is_cached(axis, index):  # encode in the worker first; onPoll decodes when it is done
+            rid = session.requestEncode(segmenter, axis, index)
+            if rid is not None:
+                session.own(rid, EFFECT_NAME)
+            self._waiting = (volumeNode.GetID(), axis, index)
+            self.statusLabel.text = _("Encoding slice {index}...").format(index=index)
+            self._timer.start()
+            return
+        self._decodeAndWrite(session, segmenter, volumeNode, axis, index)
+
+    def onPoll(self) -> None:
+        """Worker replies for the effect: decode the waiting click once its slice is encoded."""
+        session = sharedSession()
+        for event in session.drain(EFFECT_NAME):
+            if event.kind == "failed":
+                self._waiting = None
+                self.statusLabel.text = _("Failed: {error}").format(error=event.error)
+        if self._waiting is None:
+            self._timer.stop()
+            return
+        volumeNodeID, axis, index = self._waiting
+        segmenter = session.knownSegmenter(volumeNodeID)
+        if segmenter is None or self._slice != (axis, index):
+            self._waiting = None
+            return
+        if segmenter.is_cached(axis, index):
+            self._waiting = None
+            self._timer.stop()
+            try:
+                self._decodeAndWrite(session, segmenter, slicer.mrmlScene.GetNodeByID(volumeNodeID), axis, index)
+            except ValueError as exc:
+                self.statusLabel.text = str(exc)
+
+    def _decodeAndWrite(self, session, segmenter, volumeNode, axis: int, index: int) -> None:
+        """Decode the points of this slice (a decode's time: the slice is encoded) and write the mask through the
+        effect (one undo step, the editor's masking; other slices untouched)."""
+        parameterSetNode = self.scriptedEffect.parameterSetNode()
         result = segmenter.segment(axis, index, Prompts.make(points_xy=self._points_xy, point_labels=self._labels))
+        segmentationNode = parameterSetNode.GetSegmentationNode()
         segmentID = parameterSetNode.GetSelectedSegmentID()
         SegmentIO.writeSlices(
             EffectWriter(self.scriptedEffect), segmentationNode, segmentID, volumeNode, axis, {index: result.mask_hw}

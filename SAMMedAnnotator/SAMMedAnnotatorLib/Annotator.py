@@ -1,10 +1,9 @@
 """The annotator's working state outside Qt: prompts from markups, decoding, preview, writes, background jobs.
 
-``Annotator`` works on one volume at a time through a ``SAMMedLib.ModelSession`` (model, embedding cache,
-segmenters and worker shared with SAMMed Auto and the Segment Editor effect). The module's Logic is a thin owner of
-one ``Annotator``; pytest drives it with ``slicer-core`` (no Qt: call ``poll()`` where the widget's QTimer would).
-Uses only ``slicer`` MRML classes, ``vtk``, ``numpy`` and ``sammed``.
-"""
+``Annotator`` works on one volume at a time through a ``SAMMedLib.ModelSession`` (the worker process holding the
+model and the embedding cache, shared with SAMMed Auto and the Segment Editor effect). The module's Logic is a thin
+owner of one ``Annotator``; pytest drives it with ``slicer-core`` (no Qt: call ``poll()`` where the widget's QTimer
+would). Uses only ``slicer`` MRML classes, ``vtk``, ``numpy`` and ``sammed``."""
 
 from __future__ import annotations
 
@@ -17,12 +16,13 @@ import slicer
 
 from sammed import geometry
 from sammed import jobs
-from sammed.cache import EmbeddingCache
 from sammed.prompts import Prompts
-from sammed.segmenter import Segmenter
 from sammed.segmenter import SliceResult
+from sammed.worker.client import WorkerClient
+from sammed.worker.remote import RemoteSegmenter
 from SAMMedLib import SegmentIO
 from SAMMedLib import VolumeAccess
+from SAMMedLib.ModelSession import DEFAULT_MODEL
 from SAMMedLib.ModelSession import DEFAULT_PRECOMPUTE_RADIUS
 from SAMMedLib.ModelSession import ModelSession
 
@@ -66,44 +66,37 @@ class Annotator:
 
     Args:
         scene: the ``vtkMRMLScene``.
-        backend, backendFactory, cache: for a session of its own (tests), see ``ModelSession``.
         editorNode: the ``vtkMRMLSegmentEditorNode`` whose masking/overwrite settings writes honour
             (default: the Segment Editor module's node in the scene).
         onEvent: called on the main thread for every worker event (from ``poll``).
-        session: the ``ModelSession`` to work in (the module passes the shared one); None: a session of its own.
+        session: the ``ModelSession`` to work in (the module passes the shared one); None: a session of its own
+            (with its own worker process) on ``modelId``.
     """
 
     def __init__(
         self,
         scene,
-        backend: Any = None,
-        backendFactory: Callable[[], Any] | None = None,
-        cache: EmbeddingCache | None = None,
         editorNode=None,
         appLogic=None,
         onEvent: Callable[[jobs.WorkerEvent], None] | None = None,
         session: ModelSession | None = None,
+        modelId: str = DEFAULT_MODEL,
     ) -> None:
         self.scene = scene
         self._ownsSession = session is None
-        self.session = session if session is not None else ModelSession(scene, backend, backendFactory, cache)
+        self.session = session if session is not None else ModelSession(scene, modelId=modelId)
         self.editorLogic = SegmentIO.makeEditorLogic(scene, editorNode, appLogic)
         self.onEvent = onEvent
         self._volumeNodeID: str | None = None
         self.lastAxis = 0  # the axis the user prompted on last (prompts are cleared after a write)
-        self._learnFor: Segmenter | None = None
 
     # ------------------------------------------------------------------ life cycle
     @property
-    def cache(self) -> EmbeddingCache:
-        return self.session.cache
-
-    @property
-    def worker(self) -> jobs.Worker:
+    def worker(self) -> WorkerClient:
         return self.session.worker
 
     @property
-    def segmenter(self) -> Segmenter | None:
+    def segmenter(self) -> RemoteSegmenter | None:
         """The segmenter of the current volume (None before ``setVolume`` or after the volume was released)."""
         return self.session.knownSegmenter(self._volumeNodeID)
 
@@ -111,24 +104,20 @@ class Annotator:
     def volumeNodeID(self) -> str | None:
         return self._volumeNodeID if self.segmenter is not None else None
 
-    def setBackend(self, backend: Any = None, backendFactory: Callable[[], Any] | None = None) -> None:
-        """Switch model: running jobs are cancelled and the segmenter is rebuilt on next use."""
-        self.session.setBackend(backend, backendFactory)
-
     def cleanup(self) -> None:
-        """Cancel jobs; a session of its own is ended (observers removed, worker thread stopped)."""
+        """Cancel jobs; a session of its own is ended (observers removed, worker process stopped)."""
         if self._ownsSession:
             self.session.cleanup()
         else:
             self.cancel()
 
     def releaseVolume(self) -> None:
-        """Cancel jobs of the current volume, drop its embeddings from memory and forget its segmenter."""
+        """Cancel jobs of the current volume, let the worker forget its voxels and embeddings."""
         self.session.release(self._volumeNodeID)
         self._volumeNodeID = None
 
     # ------------------------------------------------------------------ volume and slices
-    def setVolume(self, volumeNode, preset: str | None = None) -> Segmenter:
+    def setVolume(self, volumeNode, preset: str | None = None) -> RemoteSegmenter:
         """The segmenter of ``volumeNode``, rebuilt when its voxels, the preset or the model change.
 
         Raises:
@@ -299,9 +288,9 @@ class Annotator:
         return self.segmenter is not None and self.segmenter.is_cached(axis, index)
 
     def segment(self, axis: int, index: int, prompts: Prompts, wait: bool = True) -> SliceResult | None:
-        """Decode the prompts on slice ``index`` of ``axis``. If the slice is not encoded yet: ``wait`` encodes it
-        now (blocking); otherwise its encode is queued first on the worker and None is returned (call again when
-        ``poll`` reports it done).
+        """Decode the prompts on slice ``index`` of ``axis`` in the worker. If the slice is not encoded yet:
+        ``wait`` waits while the worker encodes it; otherwise the worker is asked to encode it ahead of background
+        work and None is returned (call again when ``poll`` reports it done).
 
         Raises:
             ValueError: no volume set, no prompt, prompt outside the slice, empty slice.
@@ -333,23 +322,14 @@ class Annotator:
         return self.session.precompute(segmenter, axis, center, radius)
 
     def cancel(self) -> int:
-        """Cancel queued and running background work."""
-        return self.session.cancel()
+        """Cancel the annotator's queued and running background work (not SAMMed Auto's)."""
+        return self.session.cancel(owner="")
 
     def poll(self) -> list[jobs.WorkerEvent]:
-        """Collect worker events (main thread; the widget's QTimer calls this)."""
+        """Collect worker events (main thread, never waits; the widget's QTimer calls this)."""
         events = self.session.drain()
-        for event in events:
-            if (
-                event.name == "learn"
-                and event.kind == "done"
-                and self.segmenter is not None
-                and self.segmenter is self._learnFor
-            ):
-                from sammed import assist
-
-                assist.attach(self.segmenter, event.result)
-            if self.onEvent is not None:
+        if self.onEvent is not None:
+            for event in events:
                 self.onEvent(event)
         return events
 
@@ -402,7 +382,7 @@ class Annotator:
     def learnCase(self, segmentationNode, segmentID: str, axis: int, config: Any = None) -> int:
         """Fit SAMassist (``sammed.assist``) on the slices where the segment has voxels, in the background.
 
-        The learned prompt encoder is attached to the segmenter when the job is done (in ``poll``);
+        The worker decodes this volume's prompts with the learned prompt encoder once the job is done;
         ``segmenter.use_learned`` switches between it and the original one (compare on/off).
 
         Args:
@@ -419,21 +399,6 @@ class Annotator:
         indices = geometry.foreground_slices(array, axis)
         if not indices:
             raise ValueError("Segment a few slices first: SAMassist learns from the slices you have segmented.")
-        from sammed import assist  # imports torch: only once there is something to learn from
-
         masks = {i: geometry.extract_slice(array, axis, i).astype(bool) for i in indices}
         target = segmentationNode.GetSegmentation().GetSegment(segmentID).GetName() or segmentID
-
-        def job(control: jobs.JobControl) -> Any:  # worker thread: numpy, sammed and torch only
-            return assist.fit_prompt_encoder(
-                segmenter,
-                masks,
-                axis=axis,
-                target=target,
-                config=config,
-                progress=control.progress,
-                should_stop=control.should_stop,
-            )
-
-        self._learnFor = segmenter
-        return self.worker.submit("learn", job)
+        return self.session.learn(segmenter, masks, axis, target, config)

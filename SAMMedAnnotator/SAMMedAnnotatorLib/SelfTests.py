@@ -1,4 +1,5 @@
-"""SAMMed Annotator's self-tests: a synthetic cube with the analytic fake backend, driven through the widget.
+"""SAMMed Annotator's self-tests: a synthetic cube with the analytic test model in the real worker process, driven
+through the widget.
 
 Run inside the Slicer application only (they drive the module's widget): ``SAMMedAnnotatorTest`` in
 ``SAMMedAnnotator.py`` calls each function of ``TESTS`` with itself as ``test`` (a ``unittest.TestCase``) after
@@ -30,11 +31,13 @@ def _cubeScene(test):
 def _widget(test):
     slicer.util.selectModule("SAMMedAnnotator")
     widget = slicer.modules.sammedannotator.widgetRepresentation().self()
-    from sammed.backends.fake import FakeBackend
-
-    test.backend = FakeBackend(encode_delay=0.02)
-    widget.logic.setBackend(test.backend)
+    widget.logic.useTestModel()  # the analytic model, in the same worker process a user's model runs in
     return widget
+
+
+def _encodes(widget) -> int:
+    """Slices the worker has encoded so far."""
+    return widget.logic.session.client.call("status")["cache"]["encodes"]
 
 
 def _waitForWorker(test, widget, timeout=20.0):
@@ -70,9 +73,9 @@ def test_BoxPromptPreviewApplyUndo(test):
     test.assertIsNotNone(result)
     test.assertEqual((result.axis, result.index), (0, index))
     test.assertEqual(int(result.mask_hw.sum()), 24 * 24)
-    encodes = test.backend.encode_calls
+    encodes = _encodes(widget)
     test.assertIsNotNone(widget.runPreview())
-    test.assertEqual(test.backend.encode_calls, encodes, "a second prompt on the slice encodes nothing")
+    test.assertEqual(_encodes(widget), encodes, "a second prompt on the slice encodes nothing")
 
     widget.onApplyButton()
     written = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentID, volume)
@@ -89,7 +92,6 @@ def test_BoxPromptPreviewApplyUndo(test):
 def test_RemovingVolumeCancelsEmbedding(test):
     volume, segmentation, segmentID = _cubeScene(test)
     widget = _widget(test)
-    test.backend.encode_delay = 0.1
     p = widget.logic.getParameterNode()
     p.inputVolume = volume
     annotator = widget.logic.annotator
@@ -98,13 +100,32 @@ def test_RemovingVolumeCancelsEmbedding(test):
     slicer.mrmlScene.RemoveNode(volume)
     test.assertIsNone(annotator.segmenter)
     test.assertTrue(annotator.worker.wait_idle(5.0))
-    test.assertLess(test.backend.encode_calls, 40)
     events = widget.logic.poll()
     test.assertIn("cancelled", [e.kind for e in events])
-    test.assertEqual(annotator.cache.memory_bytes, 0)
+    status = annotator.worker.call("status")
+    test.assertEqual(status["volumes"], [])
+    test.assertEqual(status["cache"]["memory_bytes"], 0)
+
+
+def test_WorkerKilledMidEncodeIsReportedAndReplaced(test):
+    volume, segmentation, segmentID = _cubeScene(test)
+    widget = _widget(test)
+    annotator = widget.logic.annotator
+    annotator.setVolume(volume)
+    annotator.precompute(0, 20, radius=None)
+    annotator.worker.kill()  # as if the model crashed the worker process
+    test.assertTrue(annotator.worker.wait_idle(5.0))
+    failed = [e for e in widget.logic.poll() if e.kind == "failed"]
+    test.assertTrue(failed and "stopped unexpectedly" in failed[0].error)
+    test.assertTrue(slicer.app.applicationName, "Slicer itself is still running")
+    from sammed.prompts import Prompts
+
+    result = annotator.segment(0, 20, Prompts.make(box_xyxy=[8.0, 8.0, 39.0, 39.0]))  # a new worker
+    test.assertEqual(int(result.mask_hw.sum()), 24 * 24)
 
 
 TESTS = (
     test_BoxPromptPreviewApplyUndo,
     test_RemovingVolumeCancelsEmbedding,
+    test_WorkerKilledMidEncodeIsReportedAndReplaced,
 )

@@ -1,12 +1,13 @@
 """One propagate-review-accept cycle for one segment (MRML side of SAMMedAuto).
 
-Flow: ``start()`` reads the segment on the source volume's grid, takes the slices (on the chosen axis) that hold
-any voxel as the user's slices, and runs ``sammed.propagate.propagate`` as a job of a ``sammed.jobs.Worker``.
-``poll()`` (main thread) applies what arrived: progress, and each generated slice (``propagate``'s ``on_slice``)
-into a separate preview segment. When the job ends the preview shows the generated slices of the result.
-``accept()`` removes the preview and writes the generated slices into the segment with ``SegmentIO.writeSlices``
-(one undo step, the editor node's masking and overwrite settings); user slices are never written. ``reject()``
-removes the preview.
+Flow: ``start()`` reads the segment on the source volume's grid, takes the slices (on the chosen axis) that hold any
+voxel as the user's slices, and runs ``sammed.propagate.propagate`` in the worker process
+(``SAMMedLib.ModelSession.SessionJobs``; tests may run a given propagate function on an in-process
+``sammed.jobs.Worker`` instead). ``poll()`` (main thread) applies what arrived: progress, and each generated slice
+(``propagate``'s ``on_slice``) into a separate preview segment. When the job ends the preview shows the generated
+slices of the result. ``accept()`` removes the preview and writes the generated slices into the segment with
+``SegmentIO.writeSlices`` (one undo step, the editor node's masking and overwrite settings); user slices are never
+written. ``reject()`` removes the preview.
 
 Re-runs: after an accept the written slices are remembered in a segment tag with a checksum per slice. On the next
 ``start()`` a slice that still matches its checksum counts as generated (it may be replaced), a slice the user has
@@ -81,7 +82,9 @@ class AutoReview:
         volumeNode: source ``vtkMRMLScalarVolumeNode``; masks are exchanged on its grid.
         propagateFn: the propagation function (default ``sammed.propagate.propagate``, imported on first use).
         onChange: called with no argument on the main thread whenever ``poll()`` changed something.
-        worker: the ``sammed.jobs.Worker`` to run on (default: one of its own, ended by ``close()``).
+        worker: where the propagation runs: a ``SAMMedLib.ModelSession.SessionJobs`` (the worker process; the
+            module passes one), or a ``sammed.jobs.Worker`` running ``propagateFn`` in this process (tests; the
+            default: one of its own, ended by ``close()``).
     """
 
     def __init__(
@@ -91,7 +94,7 @@ class AutoReview:
         volumeNode,
         propagateFn: Callable | None = None,
         onChange: Callable[[], None] | None = None,
-        worker: jobs.Worker | None = None,
+        worker: Any = None,
     ) -> None:
         if segmentationNode is None or segmentationNode.GetSegmentation().GetSegment(segmentID) is None:
             raise ValueError("Select a segmentation and a segment to propagate.")
@@ -157,7 +160,10 @@ class AutoReview:
         self._preview_kji = np.zeros(shape, dtype=bool)
         self._ensurePreviewSegment()
         setSegmentMask(self.segmentationNode, self.previewSegmentID, self._preview_kji, self.volumeNode)
-        self._jobId = self.worker.submit("propagate", self._job(segmenter, userMasks, generator, config))
+        if hasattr(self.worker, "propagate"):  # the worker process
+            self._jobId = self.worker.propagate(segmenter, userMasks, axis, generator, config, sliceRange)
+        else:
+            self._jobId = self.worker.submit("propagate", self._job(segmenter, userMasks, generator, config))
         self.state = RUNNING
 
     def _userSlices(self, axis: int) -> tuple[list[int], list[int], dict[int, np.ndarray]]:
@@ -217,7 +223,10 @@ class AutoReview:
             if event.kind == "progress":
                 self.fraction, self.message = event.fraction, event.message
             elif event.kind == "partial":
-                previewChanged |= self._showSlice(*event.result)
+                piece = event.result
+                if isinstance(piece, dict):  # from the worker process
+                    piece = (piece["index"], piece["status"], piece["mask"], piece["iou"] or float("nan"))
+                previewChanged |= self._showSlice(*piece)
             elif event.kind in ("done", "cancelled"):
                 self._finish(event)
                 previewChanged = True
@@ -238,6 +247,10 @@ class AutoReview:
 
     def _finish(self, event: jobs.WorkerEvent) -> None:
         self.result = event.result
+        if isinstance(self.result, dict):  # from the worker process
+            from sammed.worker.remote import propagation_result
+
+            self.result = propagation_result(self.result, cancelled=event.kind == "cancelled")
         if self.result is None:  # cancelled before any result
             self.state = CANCELLED
             return
@@ -326,7 +339,7 @@ class AutoReview:
         if self.state == RUNNING:
             self.worker.cancel()
             self.worker.wait_idle(10.0)
-            self.worker.drain()
+            self.worker.drain()  # nothing of the cancelled run is shown
         self.removePreview()
         self.state = REJECTED
 

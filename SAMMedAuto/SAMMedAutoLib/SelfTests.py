@@ -1,4 +1,5 @@
-"""SAMMed Auto's self-tests: a synthetic bright box with the analytic fake backend and the real sliding generator.
+"""SAMMed Auto's self-tests: a synthetic bright box, the analytic test model and the real sliding generator, in the
+real worker process.
 
 Run inside the Slicer application only (they drive the module's widget): ``SAMMedAutoTest`` in ``SAMMedAuto.py`` calls
 each function of ``TESTS`` with itself as ``test`` (a ``unittest.TestCase``) after clearing the scene.
@@ -12,9 +13,22 @@ import numpy as np
 import slicer
 
 
+class _Encodes:
+    """Slices the worker has encoded since this was made."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.start = self.count()
+
+    def count(self) -> int:
+        return self.session.client.call("status")["cache"]["encodes"]
+
+    @property
+    def encode_calls(self) -> int:
+        return self.count() - self.start
+
+
 def _scene(test, encodeDelay=0.0):
-    from sammed.backends.fake import FakeBackend
-    from sammed.segmenter import Segmenter
     from SAMMedLib import SegmentIO
 
     array = np.zeros((20, 32, 40), dtype=np.int16)
@@ -29,9 +43,10 @@ def _scene(test, encodeDelay=0.0):
     user[10] = array[10] > 0
     SegmentIO.setSegmentMask(segmentationNode, segmentID, user, volumeNode)
     widget = slicer.modules.sammedauto.widgetRepresentation().self()
-    backend = FakeBackend(encode_delay=encodeDelay)
     widget.logic.discard()
-    widget.logic.segmenterFactory = lambda volume: Segmenter(volume, backend)
+    widget.logic.segmenterFactory = None
+    widget.logic.session.useTestModel(encodeDelay)  # the analytic model in the real worker process
+    backend = _Encodes(widget.logic.session)
     node = widget.logic.getParameterNode()
     node.sourceVolume = volumeNode
     node.segmentation = segmentationNode

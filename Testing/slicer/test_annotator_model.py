@@ -1,8 +1,10 @@
-"""The annotator flow on the shared CT in a real MRML scene (slicer-core) with the real LiteMedSAM model:
-view -> slice, ROI markup -> box, decode, write through the segment editor logic (undo, masking, overwrite)."""
+"""The annotator flow on the shared CT in a real MRML scene (slicer-core) with the real LiteMedSAM model in a real
+worker process: view -> slice, ROI markup -> box, decode in the worker, write through the segment editor logic
+(undo, masking, overwrite), SAMassist in the worker with cancel."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import mrml
@@ -16,10 +18,10 @@ from data import largest_slice
 from SAMMedAnnotatorLib.Annotator import Annotator
 
 from sammed import geometry
-from sammed.cache import EmbeddingCache
 from sammed.io import read_volume
 from SAMMedLib import SegmentIO
 from SAMMedLib import VolumeAccess
+from SAMMedLib.ModelSession import ModelSession
 
 MIN_DICE = 0.90
 VIEWS = {0: "Axial", 1: "Coronal"}
@@ -28,7 +30,7 @@ VIEWS = {0: "Axial", 1: "Coronal"}
 class CTCase:
     """The CT in a scene, its liver reference, a segmentation with liver + spleen segments, and an annotator."""
 
-    def __init__(self, backend) -> None:
+    def __init__(self) -> None:
         self.logics = mrml.make_scene()
         self.scene = self.logics.scene
         self.volume = read_volume(CT_IMAGE)
@@ -37,8 +39,9 @@ class CTCase:
         self.segNode, (self.liverID, self.otherID) = mrml.add_segmentation(
             self.scene, self.volumeNode, ("liver", "spleen")
         )
-        self.cache = EmbeddingCache(max_bytes=256 << 20)
-        self.annotator = Annotator(self.scene, backend=backend, cache=self.cache, appLogic=self.logics.app_logic)
+        session = ModelSession(self.scene)  # LiteMedSAM in a worker process, this Python
+        session.configure("litemedsam", "cpu", "auto", os.environ.get("SAMMED_TEST_CACHE"))
+        self.annotator = Annotator(self.scene, session=session, appLogic=self.logics.app_logic)
         self.annotator.setVolume(self.volumeNode)
         self.results = {}
 
@@ -68,6 +71,10 @@ class CTCase:
             self.results[axis] = (self.annotator.segment(got_axis, got_index, prompts), ref_hw, prompts)
         return self.results[axis]
 
+    def encodes(self) -> int:
+        """Slices the worker has encoded so far."""
+        return self.annotator.worker.call("status")["cache"]["encodes"]
+
     def segment_kji(self, segment_id: str) -> np.ndarray:
         return SegmentIO.segmentArray(self.segNode, segment_id, self.volumeNode)
 
@@ -84,9 +91,9 @@ class CTCase:
 
 @pytest.fixture(scope="module")
 def ct_case(litemedsam):
-    case = CTCase(litemedsam)
+    case = CTCase()
     yield case
-    case.annotator.cleanup()
+    case.annotator.session.cleanup()
     case.scene.Clear(1)
 
 
@@ -113,7 +120,7 @@ def test_box_on_view_gives_liver_segment(case, axis):
 @pytest.mark.model
 def test_second_prompt_on_same_slice_encodes_nothing(case):
     result, ref_hw, _ = case.result(0)
-    encodes = case.cache.stats.encodes
+    encodes = case.encodes()
     rows, cols = np.nonzero(ref_hw)
     inside = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
     positive = case.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "positive")
@@ -124,7 +131,7 @@ def test_second_prompt_on_same_slice_encodes_nothing(case):
     again = case.annotator.segment(0, result.index, prompts, wait=False)
     assert again is not None, "a cached slice decodes at once"
     assert again.mask_hw.any()
-    assert case.cache.stats.encodes == encodes
+    assert case.encodes() == encodes and not case.annotator.segmenter.lastEncoded
     case.scene.RemoveNode(positive)
 
 
@@ -226,17 +233,16 @@ def test_learn_this_case_runs_in_background_cancels_and_compares(case):
         time.sleep(0.05)
     case.annotator.cancel()
     assert case.annotator.worker.wait_idle(30)
-    assert [e.kind for e in case.annotator.poll() if e.kind != "progress"] == ["cancelled"]
+    assert [e.kind for e in case.annotator.poll() if e.kind not in ("progress", "partial")] == ["cancelled"]
     assert segmenter.prompt_encoder is None
-    # a short fit: attached when polled; use_learned switches between learned and original prompt encoders
+    # a short fit: used once polled; use_learned switches between learned and original prompt encoders
     case.annotator.learnCase(case.segNode, case.liverID, 0, config=assist.AssistConfig(steps=2, prompts_per_slice=1))
     assert case.annotator.worker.wait_idle(60)
-    assert [e.kind for e in case.annotator.poll() if e.kind != "progress"] == ["done"]
+    assert [e.kind for e in case.annotator.poll() if e.kind not in ("progress", "partial")] == ["done"]
     assert segmenter.prompt_encoder is not None and segmenter.use_learned
     learned = case.annotator.segment(0, index, prompts)
     segmenter.use_learned = False
     original = case.annotator.segment(0, index, prompts)
     np.testing.assert_array_equal(original.mask_hw, axial.mask_hw)
     assert learned.mask_hw.any()
-    assist.detach(segmenter)
     segmenter.use_learned = True
