@@ -158,10 +158,11 @@ class SAMMedAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------ lifecycle
     def cleanup(self) -> None:
-        self.removeObservers()
-        self.shortcuts.remove()
-        self.prompts.stop()
         self.pollTimer.stop()
+        self.prompts.stop()
+        self.shortcuts.remove()
+        self.setParameterNode(None)  # disconnects the GUI from the parameter node
+        self.removeObservers()
         if self.logic:
             self.logic.cleanup()
 
@@ -171,6 +172,8 @@ class SAMMedAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.pollTimer.start()
 
     def exit(self) -> None:
+        # replies that arrive meanwhile wait in the session for the next enter(): onWorkerEvent needs the widget
+        self.pollTimer.stop()
         self.shortcuts.remove()
         for placeWidget in (self.ui.boxPlaceWidget, self.ui.positivePlaceWidget, self.ui.negativePlaceWidget):
             placeWidget.setPlaceModeEnabled(False)

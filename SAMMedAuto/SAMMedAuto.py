@@ -122,19 +122,15 @@ class SAMMedAutoWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.timer.stop()
         if self.logic is not None:
             self.logic.cancel()
+        self.setParameterNode(None)  # disconnects the GUI and removes the node's observer, once
         self.removeObservers()
-        if self._parameterNode and self._parameterNodeGuiTag:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
 
     def enter(self) -> None:
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        # the poll timer keeps running while a propagation runs: its results arrive while the user looks elsewhere
+        self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.timer.stop()
