@@ -1,8 +1,10 @@
 """Segments <-> numpy on the source volume's grid, and the one way SAMMed writes into a user's segment.
 
 Every write of a mask into a user's segment (an Apply in SAMMed Annotator, a click of the Segment Editor effect,
-an Accept in SAMMed Auto) goes through ``writeSlices``: one undo step, Segment Editor semantics (the editor node's
-masking and overwrite settings), only the given slices changed. Previews are separate segments or nodes written
+an Accept in SAMMed Auto) goes through ``writeSlices``: one undo step, Segment Editor semantics (the Segment Editor's
+masking and overwrite settings), only the given slices changed, on the segmentation's own grid (its reference
+geometry, which may be finer than the volume or come from another volume). Our editor logics select nodes in a
+segment editor node of their own, never in the Segment Editor's. Previews are separate segments or nodes written
 directly (``setSegmentMask``, no undo). Uses only ``slicer`` MRML classes, ``vtk``, ``numpy`` and ``sammed``
 (testable with ``slicer-core``). Arrays are KJI.
 """
@@ -22,7 +24,11 @@ from sammed import geometry
 
 from . import VolumeAccess
 
+# the Segment Editor module's parameter node (Modules/Scripted/SegmentEditor/SegmentEditor.py, selectParameterNode)
 SEGMENT_EDITOR_NODE_SINGLETON = "SegmentEditor"
+PRIVATE_EDITOR_NODE_SINGLETON = "SAMMed"  # our logics' own nodes: "SAMMed", "SAMMed2", ...
+SETTINGS_SOURCE_ROLE = "SAMMedSettingsSource"  # on our node: the node whose masking settings writes follow
+SLICE_OUTSIDE_MASK, SLICE_INSIDE_MASK = 1, 2  # labels of written slices on the reference grid (0: other voxels)
 
 
 class SegmentWriter(Protocol):
@@ -38,14 +44,19 @@ class SegmentWriter(Protocol):
 
 class LogicWriter:
     """Writes through a ``vtkSlicerSegmentEditorLogic`` (Slicer 5.10+, ``Modules/Loadable/Segmentations/Logic/
-    vtkSlicerSegmentEditorLogic.h``), the code path of the Segment Editor: its editor node's masking and overwrite
-    settings apply, and ``SaveStateForUndo`` makes the write one undo step of that logic."""
+    vtkSlicerSegmentEditorLogic.h``), the code path of the Segment Editor. Made by ``makeEditorLogic``, the logic
+    selects the nodes in its own editor node, into which each write first copies the masking and overwrite settings
+    of the Segment Editor (``syncMaskingSettings``); ``SaveStateForUndo`` makes the write one undo step of the logic.
+
+    Raises (``ValueError``, before anything is written) when the editable area is a segment that is not in the
+    segmentation being written (the Segment Editor's mask segment belongs to another segmentation)."""
 
     def __init__(self, editorLogic) -> None:
         self.editorLogic = editorLogic
 
     def _select(self, segmentationNode, segmentID: str, volumeNode) -> None:
         logic = self.editorLogic
+        checkMaskSegment(syncMaskingSettings(logic), segmentationNode)
         logic.SetSegmentationNode(segmentationNode)  # before SaveStateForUndo: it saves this node's state
         logic.SetSourceVolumeNode(volumeNode)
         logic.SetCurrentSegmentID(segmentID)
@@ -82,28 +93,100 @@ def overwriteOff(editorNode, off: bool = True) -> Iterator[None]:
         editorNode.SetOverwriteMode(mode)
 
 
-def segmentEditorNode(scene):
-    """The scene's Segment Editor parameter node (the one the Segment Editor module uses), created if missing."""
-    node = scene.GetSingletonNode(SEGMENT_EDITOR_NODE_SINGLETON, "vtkMRMLSegmentEditorNode")
-    if node is None:
-        node = slicer.vtkMRMLSegmentEditorNode()
-        node.SetSingletonTag(SEGMENT_EDITOR_NODE_SINGLETON)
-        node = scene.AddNode(node)
-    return node
+def segmentEditorModuleNode(scene):
+    """The Segment Editor module's parameter node, or None before that module made one (SAMMed never creates it,
+    reads only its masking settings and never changes its selection)."""
+    if scene is None:
+        return None
+    return scene.GetSingletonNode(SEGMENT_EDITOR_NODE_SINGLETON, "vtkMRMLSegmentEditorNode")
+
+
+def privateEditorNode(scene):
+    """A segment editor node for one editor logic of ours: hidden, not saved with the scene, a singleton (so closing
+    the scene keeps it). Reuses one that no logic observes any more, else adds "SAMMed", "SAMMed2", ..."""
+    for n in range(1, 10000):
+        tag = PRIVATE_EDITOR_NODE_SINGLETON + (str(n) if n > 1 else "")
+        node = scene.GetSingletonNode(tag, "vtkMRMLSegmentEditorNode")
+        if node is None:
+            node = slicer.vtkMRMLSegmentEditorNode()
+            node.SetName(tag)
+            node.SetSingletonTag(tag)
+            node.SetHideFromEditors(True)
+            node.SetSaveWithScene(False)
+            return scene.AddNode(node)
+        if not node.HasObserver(vtk.vtkCommand.ModifiedEvent):  # a logic observes its editor node
+            node.RemoveNodeReferenceIDs(SETTINGS_SOURCE_ROLE)
+            return node
+    raise RuntimeError("Too many SAMMed segment editor nodes in the scene.")
 
 
 def makeEditorLogic(scene, editorNode=None, appLogic=None):
-    """A ``vtkSlicerSegmentEditorLogic`` on ``scene`` using ``editorNode`` (default: the Segment Editor's node)."""
+    """A ``vtkSlicerSegmentEditorLogic`` on ``scene`` with an editor node of its own (``privateEditorNode``): its
+    writes follow the masking and overwrite settings of ``editorNode`` (default: the Segment Editor module's node,
+    looked up at each write) and change no other node's selection; its undo history is its own.
+
+    Raises:
+        ValueError: ``editorNode`` is not in ``scene``.
+    """
     logic = slicer.vtkSlicerSegmentEditorLogic()
     if appLogic is not None:
         logic.SetMRMLApplicationLogic(appLogic)
     logic.SetMRMLScene(scene)
-    logic.SetSegmentEditorNode(editorNode if editorNode is not None else segmentEditorNode(scene))
+    node = privateEditorNode(scene)
+    if editorNode is not None:
+        if editorNode.GetScene() is None or not editorNode.GetID():
+            raise ValueError("The segment editor node whose settings writes follow must be in the scene.")
+        node.SetNodeReferenceID(SETTINGS_SOURCE_ROLE, editorNode.GetID())
+    logic.SetSegmentEditorNode(node)
     return logic
 
 
+def copyMaskingSettings(source, target) -> None:
+    """Copy what decides which voxels an edit may change (``vtkMRMLSegmentEditorNode.h``, Slicer 5.10): editable
+    area (``MaskMode``, ``MaskSegmentID``), editable intensity range (``SourceVolumeIntensityMask``,
+    ``SourceVolumeIntensityMaskRange``) and ``OverwriteMode``; not the selection nor effect parameters."""
+    target.SetMaskMode(source.GetMaskMode())
+    target.SetMaskSegmentID(source.GetMaskSegmentID())
+    target.SetSourceVolumeIntensityMask(source.GetSourceVolumeIntensityMask())
+    target.SetSourceVolumeIntensityMaskRange(*source.GetSourceVolumeIntensityMaskRange())
+    target.SetOverwriteMode(source.GetOverwriteMode())
+
+
+def syncMaskingSettings(editorLogic):
+    """Before a write: the logic's editor node (put back in the scene if it was removed) takes the settings of its
+    settings node (``makeEditorLogic``'s ``editorNode``, else the Segment Editor's node). With neither (the Segment
+    Editor not opened yet), and for a logic bound to the settings node itself, its own settings stay (Slicer's
+    defaults unless set on it). Returns the logic's editor node."""
+    node = editorLogic.GetSegmentEditorNode()
+    scene = editorLogic.GetMRMLScene()
+    if node is None or node.GetScene() is None:
+        node = privateEditorNode(scene)
+        editorLogic.SetSegmentEditorNode(node)
+    source = node.GetNodeReference(SETTINGS_SOURCE_ROLE)
+    if source is None:
+        source = segmentEditorModuleNode(scene)
+    if source is not None and source.GetID() != node.GetID():
+        copyMaskingSettings(source, node)
+    return node
+
+
+def checkMaskSegment(editorNode, segmentationNode) -> None:
+    """Raises ValueError when the editable area is "inside a segment" that ``segmentationNode`` lacks (Slicer would
+    then write nothing, silently)."""
+    if editorNode.GetMaskMode() != slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment:
+        return
+    maskID = editorNode.GetMaskSegmentID()
+    if not maskID or segmentationNode.GetSegmentation().GetSegment(maskID) is None:
+        raise ValueError(
+            f"The editable area (Segment Editor, Masking) is inside segment '{maskID}', which is not in "
+            f"'{segmentationNode.GetName()}': choose another editable area or segment."
+        )
+
+
 def undo(editorLogic) -> bool:
-    """Undo the last write of ``editorLogic``; False when there is nothing to undo."""
+    """Undo the last write of ``editorLogic``; False when there is nothing to undo. The logic's history is its own
+    (the Segment Editor's stays as it is); it restores the whole segmentation as it was before that write
+    (``vtkSegmentationHistory``), so an edit made in that segmentation since then is undone with it."""
     if not editorLogic.CanUndo():
         return False
     editorLogic.Undo()
@@ -127,15 +210,47 @@ def orientedImageFromMask(mask_kji: np.ndarray, volumeNode, node, extent=None) -
     mask_kji = np.asarray(mask_kji)
     if mask_kji.shape != shape:
         raise ValueError(f"Mask shape {mask_kji.shape} does not match the volume grid {shape}.")
+    matrix = VolumeAccess.ijkToNodeMatrix(volumeNode, node)
+    return _imageFromArray(np.ascontiguousarray(mask_kji != 0, dtype=np.uint8), extent, matrix)
+
+
+def _imageFromArray(array_kji: np.ndarray, extent, imageToNode) -> slicer.vtkOrientedImageData:
+    """A uint8 ``vtkOrientedImageData`` holding ``array_kji`` at IJK ``extent``, ``imageToNode`` (4x4 array or
+    ``vtkMatrix4x4``) its IJK-to-frame matrix."""
     image = slicer.vtkOrientedImageData()
-    image.SetExtent(extent)
+    image.SetExtent([int(v) for v in extent])
     image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
     scalars = numpy_support.numpy_to_vtk(
-        np.ascontiguousarray(mask_kji != 0, dtype=np.uint8).ravel(), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR
+        np.ascontiguousarray(array_kji, dtype=np.uint8).ravel(), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR
     )
     image.GetPointData().SetScalars(scalars)
-    image.SetImageToWorldMatrix(VolumeAccess.arrayToMatrix(VolumeAccess.ijkToNodeMatrix(volumeNode, node)))
+    if not isinstance(imageToNode, vtk.vtkMatrix4x4):
+        imageToNode = VolumeAccess.arrayToMatrix(imageToNode)
+    image.SetImageToWorldMatrix(imageToNode)
     return image
+
+
+def _shapeKJI(extent) -> tuple[int, int, int]:
+    return extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1
+
+
+def _blockOn(image, extent) -> np.ndarray:
+    """KJI array of ``image``'s scalars on IJK ``extent`` (zeros where the image has none)."""
+    e = [int(v) for v in extent]
+    scalars = image.GetPointData().GetScalars() if image.GetPointData() is not None else None
+    block = numpy_support.vtk_to_numpy(scalars) if scalars is not None else np.zeros(0, np.uint8)
+    out = np.zeros(_shapeKJI(e), dtype=block.dtype)
+    if scalars is None or image.IsEmpty():
+        return out
+    s = image.GetExtent()
+    block = block.reshape(_shapeKJI(s))
+    lo = [max(s[4], e[4]), max(s[2], e[2]), max(s[0], e[0])]
+    hi = [min(s[5], e[5]), min(s[3], e[3]), min(s[1], e[1])]
+    if any(h < low for low, h in zip(lo, hi, strict=True)):
+        return out
+    src = block[lo[0] - s[4] : hi[0] - s[4] + 1, lo[1] - s[2] : hi[1] - s[2] + 1, lo[2] - s[0] : hi[2] - s[0] + 1]
+    out[lo[0] - e[4] : hi[0] - e[4] + 1, lo[1] - e[2] : hi[1] - e[2] + 1, lo[2] - e[0] : hi[2] - e[0] + 1] = src
+    return out
 
 
 def sliceLabelmap(volumeNode, node, axis: int, index: int, mask_hw: np.ndarray) -> slicer.vtkOrientedImageData:
@@ -180,20 +295,9 @@ def segmentArray(segmentationNode, segmentID: str, volumeNode) -> np.ndarray:
     reference.SetImageToWorldMatrix(VolumeAccess.arrayToMatrix(VolumeAccess.ijkToWorldMatrix(volumeNode)))
     resampled = slicer.vtkOrientedImageData()
     slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(image, reference, resampled)
-    scalars = resampled.GetPointData().GetScalars()
-    if scalars is None or resampled.IsEmpty():
-        return out
-    e = resampled.GetExtent()
-    block = numpy_support.vtk_to_numpy(scalars).reshape(e[5] - e[4] + 1, e[3] - e[2] + 1, e[1] - e[0] + 1)
-    # place the resampled block (its extent may be smaller than the volume) into the full grid
-    lo = [max(e[4], 0), max(e[2], 0), max(e[0], 0)]
-    hi = [min(e[5], k - 1), min(e[3], j - 1), min(e[1], i - 1)]
-    if any(h < low for low, h in zip(lo, hi, strict=True)):
-        return out
-    src = block[lo[0] - e[4] : hi[0] - e[4] + 1, lo[1] - e[2] : hi[1] - e[2] + 1, lo[2] - e[0] : hi[2] - e[0] + 1]
     # segments share labelmap layers: this segment is the voxels with its label value
     labelValue = segmentationNode.GetSegmentation().GetSegment(segmentID).GetLabelValue()
-    out[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1] = src == labelValue
+    out[...] = _blockOn(resampled, reference.GetExtent()) == labelValue
     return out
 
 
@@ -232,27 +336,97 @@ def setSegmentMask(segmentationNode, segmentID: str, mask_kji: np.ndarray, volum
         raise RuntimeError(f"Could not write segment '{segmentID}'.")
 
 
+def referenceGeometry(segmentationNode, volumeNode) -> slicer.vtkOrientedImageData:
+    """The grid the Segment Editor edits ``segmentationNode`` on (no scalars, in the segmentation's frame).
+
+    As ``vtkSlicerSegmentEditorLogic::GetReferenceImageGeometryString`` (``Modules/Loadable/Segmentations/Logic/
+    vtkSlicerSegmentEditorLogic.cxx``): the "Reference image geometry" conversion parameter, its extent grown to hold
+    every segment; when the segmentation has none it is set from ``volumeNode`` first. The editor logic builds its
+    mask and its aligned source volume (intensity range) on this grid, so a modifier must lie on it too.
+    """
+    logic, segmentation = slicer.vtkSlicerSegmentEditorLogic, segmentationNode.GetSegmentation()
+    geometry = logic.GetReferenceImageGeometryStringFromSegmentation(segmentation)
+    if not geometry:
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        geometry = logic.GetReferenceImageGeometryStringFromSegmentation(segmentation)
+    image = slicer.vtkOrientedImageData()
+    if not geometry or not slicer.vtkSegmentationConverter.DeserializeImageGeometry(geometry, image, False):
+        raise ValueError(f"Segmentation '{segmentationNode.GetName()}' has no usable reference geometry.")
+    return image
+
+
+def _checkedMasks(shape_kji, axis: int, masks: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """{slice index: bool HxW mask}, checked against the volume's shape.
+
+    Raises:
+        ValueError: a slice out of range or a mask of another shape.
+    """
+    out = {}
+    for index, mask_hw in masks.items():
+        index = geometry.check_index(shape_kji, axis, index)
+        expected = geometry.slice_shape(shape_kji, axis)
+        if np.shape(mask_hw) != expected:
+            raise ValueError(f"Mask shape {np.shape(mask_hw)} does not match slice shape {expected} on axis {axis}.")
+        out[index] = np.asarray(mask_hw) > 0
+    return out
+
+
+def _sliceLabelsOn(reference, segmentationNode, volumeNode, axis: int, masks: dict[int, np.ndarray]) -> np.ndarray:
+    """KJI uint8 array on ``reference``'s extent: each voxel of the reference grid takes the label of the nearest
+    volume voxel: ``SLICE_INSIDE_MASK`` / ``SLICE_OUTSIDE_MASK`` on the given slices, 0 elsewhere."""
+    e = reference.GetExtent()
+    if not masks:
+        return np.zeros(_shapeKJI(e), dtype=np.uint8)
+    shape_kji = VolumeAccess.volumeShapeKJI(volumeNode)
+    lo, hi = min(masks), max(masks)
+    blockShape = list(shape_kji)
+    blockShape[axis] = hi - lo + 1
+    block = np.zeros(blockShape, dtype=np.uint8)
+    for index, mask in masks.items():
+        geometry.insert_slice(block, axis, index - lo, np.where(mask, SLICE_INSIDE_MASK, SLICE_OUTSIDE_MASK))
+    k, j, i = shape_kji
+    extent = [0, i - 1, 0, j - 1, 0, k - 1]
+    ijk = geometry.ijk_axis(axis)
+    extent[2 * ijk], extent[2 * ijk + 1] = lo, hi
+    labels = _imageFromArray(block, extent, VolumeAccess.ijkToNodeMatrix(volumeNode, segmentationNode))
+    resampled = slicer.vtkOrientedImageData()  # nearest neighbour, 0 outside the slices
+    slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(labels, reference, resampled)
+    return _blockOn(resampled, e)
+
+
+def _segmentOn(reference, segmentationNode, segmentID: str) -> np.ndarray:
+    """KJI bool array of a segment on ``reference``'s extent (in the segmentation's frame)."""
+    image = slicer.vtkOrientedImageData()
+    ok = slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+        segmentationNode, segmentID, image, False
+    )
+    if not ok or image.IsEmpty():
+        return np.zeros(_shapeKJI(reference.GetExtent()), dtype=bool)
+    resampled = slicer.vtkOrientedImageData()
+    slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(image, reference, resampled)
+    labelValue = segmentationNode.GetSegmentation().GetSegment(segmentID).GetLabelValue()
+    return _blockOn(resampled, reference.GetExtent()) == labelValue
+
+
 def sliceModifiers(segmentationNode, segmentID: str, volumeNode, axis: int, masks: dict[int, np.ndarray]):
-    """The two modifiers of a write: (the whole segment with, on the given slices, only the voxels the new masks
-    keep; the new masks on the given slices alone), as labelmaps in the segmentation's frame.
+    """The two modifiers of a write, on the segmentation's reference geometry (``referenceGeometry``): (the whole
+    segment with, on the given slices, only the voxels the new masks keep; the new masks on the given slices alone).
+    A reference voxel belongs to the volume slice (and takes the mask value) of its nearest volume voxel; voxels of
+    the segment finer than the volume stay as they are off the given slices.
 
     Raises:
         ValueError: no such segment, a slice out of range or a mask of another shape.
     """
-    current = segmentArray(segmentationNode, segmentID, volumeNode)
-    keep = current.copy()
-    new = np.zeros_like(current)
-    for index, mask_hw in masks.items():
-        index = geometry.check_index(current.shape, axis, index)
-        expected = geometry.slice_shape(current.shape, axis)
-        if np.shape(mask_hw) != expected:
-            raise ValueError(f"Mask shape {np.shape(mask_hw)} does not match slice shape {expected} on axis {axis}.")
-        mask = (np.asarray(mask_hw) > 0).astype(np.uint8)
-        geometry.insert_slice(keep, axis, index, geometry.extract_slice(current, axis, index) & mask)
-        geometry.insert_slice(new, axis, index, mask)
-    return orientedImageFromMask(keep, volumeNode, segmentationNode), orientedImageFromMask(
-        new, volumeNode, segmentationNode
-    )
+    checked = _checkedMasks(VolumeAccess.volumeShapeKJI(volumeNode), axis, masks)
+    if segmentationNode is None or segmentationNode.GetSegmentation().GetSegment(segmentID) is None:
+        raise ValueError(f"Segment '{segmentID}' is not in the segmentation; pick an existing segment.")
+    reference = referenceGeometry(segmentationNode, volumeNode)
+    labels = _sliceLabelsOn(reference, segmentationNode, volumeNode, axis, checked)
+    keep = _segmentOn(reference, segmentationNode, segmentID) & (labels != SLICE_OUTSIDE_MASK)
+    matrix = vtk.vtkMatrix4x4()
+    reference.GetImageToWorldMatrix(matrix)
+    extent = reference.GetExtent()
+    return _imageFromArray(keep, extent, matrix), _imageFromArray(labels == SLICE_INSIDE_MASK, extent, matrix)
 
 
 def writeSlices(
@@ -266,11 +440,14 @@ def writeSlices(
 ) -> None:
     """Make the segment on each slice of ``masks`` equal its mask (other slices untouched), as one undo step.
 
-    Masking and overwrite follow the writer's segment editor node: voxels outside the editable area or intensity
-    range keep their current state; other segments lose the new voxels (on these slices only) as the overwrite mode
-    says. Two modifications, read in ``vtkSlicerSegmentEditorLogic::ModifySegmentByLabelmap``
-    (``Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentEditorLogic.cxx``): Set mode first clears the whole
-    segment and then adds the (masked) modifier back together with the segment outside the editable area, so
+    Both modifiers lie on the segmentation's reference geometry (``sliceModifiers``), the grid on which the editor
+    logic computes its editable area and intensity range: a segmentation finer than the volume, or made on another
+    volume, gets exactly the voxels these allow. Masking and overwrite follow the Segment Editor's settings (copied
+    into the writer's editor node): voxels outside the editable area or intensity range keep their current state;
+    other segments lose the new voxels (on these slices only) as the overwrite mode says. Two modifications, read
+    in ``vtkSlicerSegmentEditorLogic::ModifySegmentByLabelmap`` (``Modules/Loadable/Segmentations/Logic/
+    vtkSlicerSegmentEditorLogic.cxx``): Set mode first clears the whole segment and then adds the (masked) modifier
+    back together with the segment outside the editable area, so
 
     1. Set with the whole segment minus the voxels the new masks drop (no overwrite: nothing is added) removes,
        inside the editable area, what the new masks do not hold, and keeps every other slice as it is;
