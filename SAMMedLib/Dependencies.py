@@ -1,6 +1,7 @@
 """Python dependencies and model readiness of SAMMed inside Slicer: what is missing, and making it available.
 
-- torch and torchvision come from the PyTorch extension (``PyTorchUtils``); SAMMed never pip-installs them.
+- torch and torchvision come from the PyTorch extension (``PyTorchUtils``); SAMMed never pip-installs them, but asks
+  that extension for at least ``MINIMUM_TORCH`` / ``MINIMUM_TORCHVISION`` and checks the result.
 - The other packages are listed with ``>=`` minimums in ``Resources/requirements.txt`` and are installed on first
   use, on the main thread, only after the user agreed.
 - ``prepareModel`` walks a module through it all (PyTorch, packages, the model's licence, its download), asking
@@ -20,6 +21,8 @@ from typing import Any
 
 REQUIREMENTS_FILE = Path(__file__).resolve().parent / "Resources" / "requirements.txt"
 MINIMUM_TORCH = "2.1"
+MINIMUM_TORCHVISION = "0.16"  # the same minimums as pyproject.toml
+TORCH_PACKAGES = (("torch", "PyTorch", MINIMUM_TORCH), ("torchvision", "torchvision", MINIMUM_TORCHVISION))
 LICENCE_SETTING = "SAMMed/AcceptedLicence/"
 
 
@@ -101,20 +104,26 @@ def check(reqs: list[Requirement] | None = None) -> list[Problem]:
 
 
 def torchProblem() -> str | None:
-    """None when a recent enough torch is installed, else a sentence saying what to do."""
-    installed = installedVersion("torch")
-    if installed is None:
-        return "PyTorch is not installed. Install it from the PyTorch extension (module PyTorch Utils)."
-    if versionTuple(installed) < versionTuple(MINIMUM_TORCH):
-        return f"PyTorch {installed} is too old; SAMMed needs {MINIMUM_TORCH} or later (module PyTorch Utils)."
+    """None when recent enough torch and torchvision are installed, else a sentence saying what to do."""
+    for name, label, minimum in TORCH_PACKAGES:
+        installed = installedVersion(name)
+        if installed is None:
+            return f"{label} is not installed. Install it from the PyTorch extension (module PyTorch Utils)."
+        if versionTuple(installed) < versionTuple(minimum):
+            return f"{label} {installed} is too old; SAMMed needs {minimum} or later (module PyTorch Utils)."
     return None
 
 
 def installTorch(askConfirmation: bool = True):
-    """Install torch through the PyTorch extension (Slicer only). Returns the torch module.
+    """Install or upgrade torch and torchvision through the PyTorch extension (Slicer only). Returns torch.
+
+    ``PyTorchUtilsLogic.installTorch(askConfirmation, forceComputationBackend, torchVersionRequirement,
+    torchvisionVersionRequirement)`` runs ``ltt install torch<requirement> torchvision<requirement>``: without a
+    requirement an installed old torch satisfies it and is kept, so the minimums are passed, and checked afterwards.
 
     Raises:
-        InstallError: the PyTorch extension is missing or the user declined.
+        InstallError: the PyTorch extension is missing, the user declined, or torch is still missing or too old
+            (an old torch already imported in this session needs a restart of Slicer).
     """
     try:
         import PyTorchUtils  # the PyTorch extension's module (EXTENSION_DEPENDS PyTorch)
@@ -122,16 +131,30 @@ def installTorch(askConfirmation: bool = True):
         raise InstallError(
             "The PyTorch extension is not installed. Install 'PyTorch' from the Extensions Manager and restart Slicer."
         ) from exc
-    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askConfirmation)
+    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+        askConfirmation=askConfirmation,
+        torchVersionRequirement=f">={MINIMUM_TORCH}",
+        torchvisionVersionRequirement=f">={MINIMUM_TORCHVISION}",
+    )
     if torch is None:
         raise InstallError("PyTorch is needed to run the segmentation models; it was not installed.")
+    importlib.invalidate_caches()
+    problem = torchProblem()
+    if problem:
+        raise InstallError(f"After installing PyTorch: {problem}")
+    loaded = str(getattr(torch, "__version__", ""))
+    if versionTuple(loaded) < versionTuple(MINIMUM_TORCH):
+        raise InstallError(f"PyTorch {loaded} is still loaded in this session: restart Slicer to use the new version.")
     return torch
 
 
 def installPackages(problems: list[Problem]) -> None:
     """pip-install the given requirements inside Slicer (main thread; call only after the user agreed).
 
-    Uses ``slicer.packaging.pip_ensure`` where it exists (Slicer 5.12), else ``slicer.util.pip_install``.
+    Slicer 5.12+: ``slicer.packaging.pip_ensure`` (``Base/Python/slicer/packaging.py``, a submodule that ``import
+    slicer`` does not load) with ``prompt_install=False``, since the user already agreed (its default asks again);
+    it still offers a restart when an updated package was already imported. Slicer 5.10 (no ``slicer.packaging``):
+    ``slicer.util.pip_install`` with one argument per requirement.
 
     Raises:
         InstallError: the installation failed or a requirement is still not met afterwards.
@@ -143,11 +166,14 @@ def installPackages(problems: list[Problem]) -> None:
         return
     logging.info("SAMMed: installing %s", ", ".join(specs))
     try:
-        packaging = getattr(slicer, "packaging", None)
+        try:
+            import slicer.packaging as packaging
+        except ImportError:
+            packaging = None
         if packaging is not None and hasattr(packaging, "pip_ensure"):
-            packaging.pip_ensure(specs)
+            packaging.pip_ensure(specs, prompt_install=False, requester="SAMMed")
         else:
-            slicer.util.pip_install(" ".join(f'"{s}"' for s in specs))
+            slicer.util.pip_install(specs)
     except Exception as exc:
         raise InstallError(f"Installing {', '.join(specs)} failed: {exc}") from exc
     importlib.invalidate_caches()

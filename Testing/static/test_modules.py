@@ -6,6 +6,9 @@ from __future__ import annotations
 import ast
 import json
 import re
+import sys
+import tomllib
+import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -203,3 +206,160 @@ def test_model_readiness_asks_for_the_licence_once_and_a_download(monkeypatch):
     assert downloads == ["sam_vit_b"]
     assert not Dependencies.prepareModel("sam_vit_l", lambda q: False, settings, downloads.append)
     assert downloads == ["sam_vit_b"]
+
+
+# ---------------------------------------------------------------------- .ui scene wiring and Slicer's templates
+# Widget classes with a setMRMLScene(vtkMRMLScene*) slot, read in Slicer 5.10's headers: a .ui must connect the
+# module widget's mrmlSceneChanged(vtkMRMLScene*) to each of them or it never gets the scene (the scripted module
+# template Utilities/Templates/Modules/Scripted/Resources/UI/TemplateKey.ui does this for its node combo boxes).
+SCENE_WIDGETS = {
+    "qMRMLWidget": "Libs/MRML/Widgets/qMRMLWidget.h",  # QWidget; slot setMRMLScene, signal mrmlSceneChanged
+    "qMRMLNodeComboBox": "Libs/MRML/Widgets/qMRMLNodeComboBox.h",  # QWidget with the slot
+    "qMRMLSegmentSelectorWidget": "Libs/MRML/Widgets/qMRMLSegmentSelectorWidget.h",  # : qMRMLWidget
+    "qSlicerWidget": "Base/QTGUI/qSlicerWidget.h",  # QWidget + qSlicerObject; slot setMRMLScene
+    "qSlicerMarkupsPlaceWidget": "Modules/Loadable/Markups/Widgets/qSlicerMarkupsPlaceWidget.h",  # : qSlicerWidget
+}
+SCENE_SIGNAL, SCENE_SLOT = "mrmlSceneChanged(vtkMRMLScene*)", "setMRMLScene(vtkMRMLScene*)"
+# <container> flags of Slicer 5.10's TemplateKey.ui (qMRMLWidget, ctkCollapsibleButton: 1; the others: none) and of
+# Slicer's own .ui files for qSlicerWidget (Base/QTGUI/Resources/UI/qSlicerModulePanel.ui)
+CONTAINERS = {"qMRMLWidget": True, "ctkCollapsibleButton": True, "qSlicerWidget": True, "qMRMLNodeComboBox": False}
+
+
+def scene_connections(root: ET.Element) -> set[tuple[str, str]]:
+    return {
+        (c.findtext("sender"), c.findtext("receiver"))
+        for c in root.iter("connection")
+        if c.findtext("signal") == SCENE_SIGNAL and c.findtext("slot") == SCENE_SLOT
+    }
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_every_mrml_widget_gets_the_scene_from_the_module_widget(name):
+    root = ET.parse(ui_file(name)).getroot()
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == name == root.findtext("class")
+    widgets = {w.get("name"): w.get("class") for w in top.iter("widget") if w is not top}
+    slicer_classes = {c for c in widgets.values() if c.startswith(("qMRML", "qSlicer"))}
+    assert slicer_classes <= set(SCENE_WIDGETS), (
+        f"look these up in Slicer's source: {slicer_classes - set(SCENE_WIDGETS)}"
+    )
+    needing = {n for n, c in widgets.items() if c in SCENE_WIDGETS}
+    assert needing, "the .ui has no MRML widget"
+    connected = scene_connections(root)
+    missing = {n for n in needing if (name, n) not in connected}
+    assert not missing, f"{name}.ui: these widgets never get the scene: {sorted(missing)}"
+    assert {r for _, r in connected} <= set(widgets), "a scene connection names a widget that does not exist"
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_ui_custom_widgets_follow_the_slicer_template(name):
+    text = ui_file(name).read_text(encoding="utf-8")
+    assert text.startswith('<?xml version="1.0" encoding="UTF-8"?>\n<ui version="4.0">')
+    declared = {c.findtext("class"): c for c in ET.fromstring(text).iter("customwidget")}
+    for cls, container in CONTAINERS.items():
+        if cls in declared:
+            assert (declared[cls].findtext("container") == "1") == container, f"{cls} <container> in {name}.ui"
+
+
+def test_cmake_follows_the_extension_template_and_asks_for_slicer_5_10():
+    """Slicer 5.10: Utilities/Templates/Extensions/Default/CMakeLists.txt (policy range), vtkSlicerSegmentEditorLogic
+    first shipped (Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentEditorLogic.h is in v5.10.0, not in v5.8.1);
+    find_package(Slicer 5.10) is checked by CMake/SlicerConfigVersion.cmake.in."""
+    root_cmake = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert re.search(r"^cmake_minimum_required\(VERSION 3\.20\.6\.\.\.3\.22\.6 FATAL_ERROR\)$", root_cmake, re.M)
+    assert re.search(r"^find_package\(Slicer 5\.10 REQUIRED\)$", root_cmake, re.M)
+    for folder in PYTHON_FOLDERS:  # module CMakeLists.txt of the template set no minimum of their own
+        assert "cmake_minimum_required" not in (ROOT / folder / "CMakeLists.txt").read_text(encoding="utf-8")
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert "sets the minimum version, Slicer 5.10" in readme
+
+
+# ---------------------------------------------------------------------- PyTorch and pip inside Slicer (faked)
+class _FakePyTorchUtilsLogic:
+    calls: list[dict] = []
+    installs: dict = {}  # the versions the install puts on disk
+    loaded = "2.5.0"  # torch.__version__ of the module installTorch returns
+
+    def installTorch(self, askConfirmation=False, forceComputationBackend=None, **requirements):
+        # PyTorchUtilsLogic.installTorch's signature (Slicer/SlicerPyTorch, PyTorchUtils/PyTorchUtils.py)
+        type(self).calls.append({"askConfirmation": askConfirmation, **requirements})
+        _FakePyTorchUtilsLogic.versions.update(self.installs)
+        return types.SimpleNamespace(__version__=self.loaded)
+
+
+@pytest.fixture
+def fake_pytorch(monkeypatch):
+    from SAMMedLib import Dependencies
+
+    fake = _FakePyTorchUtilsLogic
+    fake.calls, fake.installs, fake.loaded = [], {"torch": "2.5.0", "torchvision": "0.20.0"}, "2.5.0"
+    fake.versions = {"torch": "2.0.1", "torchvision": "0.15.2"}
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=fake))
+    monkeypatch.setattr(Dependencies, "installedVersion", lambda name: fake.versions.get(name))
+    return fake
+
+
+def test_torch_minimums_match_the_core_package():
+    from SAMMedLib import Dependencies
+
+    core = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    assert f"torch>={Dependencies.MINIMUM_TORCH}" in core
+    assert f"torchvision>={Dependencies.MINIMUM_TORCHVISION}" in core
+
+
+def test_install_torch_asks_the_pytorch_extension_for_the_minimums_and_checks_the_result(fake_pytorch):
+    from SAMMedLib import Dependencies
+
+    assert "too old" in Dependencies.torchProblem()
+    assert Dependencies.prepareModel("litemedsam", lambda q: "PyTorch" in q, _Settings(), print) is False
+    # one question (prepareModel's), none from the extension; an old torch is upgraded, not kept
+    assert fake_pytorch.calls == [
+        {"askConfirmation": False, "torchVersionRequirement": ">=2.1", "torchvisionVersionRequirement": ">=0.16"}
+    ]
+    assert Dependencies.torchProblem() is None
+    fake_pytorch.versions["torchvision"] = None
+    assert "torchvision is not installed" in Dependencies.torchProblem()
+
+
+def test_install_torch_fails_clearly_when_torch_stays_old(fake_pytorch):
+    from SAMMedLib import Dependencies
+
+    fake_pytorch.installs = {}  # nothing upgraded
+    with pytest.raises(Dependencies.InstallError, match="too old"):
+        Dependencies.installTorch(askConfirmation=False)
+    fake_pytorch.installs, fake_pytorch.loaded = {"torch": "2.5.0", "torchvision": "0.20.0"}, "2.0.1"
+    with pytest.raises(Dependencies.InstallError, match="restart Slicer"):  # the old torch is still imported
+        Dependencies.installTorch(askConfirmation=False)
+
+
+def _fake_slicer(monkeypatch, packaging):
+    """A ``slicer`` package whose ``packaging`` submodule (Slicer 5.12+) is not an attribute until imported."""
+    calls = []
+    slicer = types.ModuleType("slicer")
+    slicer.__path__ = []
+    slicer.util = types.SimpleNamespace(pip_install=lambda *a, **k: calls.append(("pip_install", a, k)))
+    if packaging:
+        module = types.ModuleType("slicer.packaging")
+        module.pip_ensure = lambda *a, **k: calls.append(("pip_ensure", a, k))
+        monkeypatch.setitem(sys.modules, "slicer.packaging", module)
+    else:  # Slicer 5.10: no such module
+        monkeypatch.setitem(sys.modules, "slicer.packaging", None)
+    monkeypatch.setitem(sys.modules, "slicer", slicer)
+    return calls
+
+
+@pytest.mark.parametrize("packaging", [True, False])
+def test_install_packages_imports_slicer_packaging_and_asks_no_second_time(monkeypatch, packaging):
+    """Base/Python/slicer/packaging.py (Slicer 5.12): pip_ensure(requirements, ..., prompt_install=True, ...)."""
+    from SAMMedLib import Dependencies
+
+    calls = _fake_slicer(monkeypatch, packaging)
+    problem = Dependencies.Problem(Dependencies.Requirement("numpy", "1.0"), None)
+    Dependencies.installPackages([problem])
+    if packaging:
+        assert calls == [("pip_ensure", (["numpy>=1.0"],), {"prompt_install": False, "requester": "SAMMed"})]
+    else:
+        assert calls == [("pip_install", (["numpy>=1.0"],), {})]
+    missing = Dependencies.Problem(Dependencies.Requirement("not-a-real-package-sammed", "1.0"), None)
+    with pytest.raises(Dependencies.InstallError, match="Still missing"):
+        Dependencies.installPackages([missing])
