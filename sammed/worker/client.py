@@ -119,6 +119,8 @@ class WorkerClient:
         """Start a worker unless one runs."""
         if self.alive:
             return
+        if self._proc is not None:  # died since the last drain: its waiting requests fail first
+            self._backlog.extend(self._died())
         self._cleanup_process()
         self._exchange = Path(tempfile.mkdtemp(prefix="sammed-worker-"))
         env = dict(os.environ if self.env is None else self.env)

@@ -177,7 +177,8 @@ class WorkerState:
 
     def op_segment(self, args: dict, control: jobs.JobControl) -> dict:
         """Decode prompts on one slice: ``axis``, ``index``, ``box`` [x0, y0, x1, y1], ``points`` [[x, y], ...],
-        ``labels``, optional ``mask_input`` (256x256 logits), ``multimask``, ``use_learned``."""
+        ``labels``, optional ``mask_input`` (256x256 logits), ``multimask``, ``use_learned``; ``low_res`` and
+        ``logits`` add the 256x256 low-resolution and the full logits to the result."""
         segmenter = self.segmenter(args)
         axis, index = _int(args, "axis"), _int(args, "index")
         box = args.get("box")
@@ -192,7 +193,8 @@ class WorkerState:
         use_learned = args.get("use_learned")
         result = segmenter.segment(axis, index, prompts, multimask=args.get("multimask"), use_learned=use_learned)
         out = {"mask": result.mask_hw, "iou": float(result.iou), "axis": axis, "index": index, "encoded": encoded}
-        out["low_res_logits"] = result.low_res_logits.astype(np.float32)
+        if args.get("low_res"):  # 256 KB that cost a click 9 ms on the wire: only when asked for (refinement)
+            out["low_res_logits"] = result.low_res_logits.astype(np.float32)
         if args.get("logits"):
             out["logits"] = result.logits_hw.astype(np.float32)
         return out

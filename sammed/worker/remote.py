@@ -117,9 +117,19 @@ class RemoteSegmenter:
 
     # ------------------------------------------------------------------ decoding
     def segment(
-        self, axis: int, index: int, prompts: Prompts, *, use_learned: bool | None = None, timeout: float = 300.0
+        self,
+        axis: int,
+        index: int,
+        prompts: Prompts,
+        *,
+        use_learned: bool | None = None,
+        low_res: bool = False,
+        timeout: float = 300.0,
     ) -> SliceResult:
         """Decode ``prompts`` on one slice (the worker encodes it first if needed) and wait for the mask.
+
+        The result's ``low_res_logits`` (to pass back as ``mask_input``) are sent only with ``low_res`` (else an
+        empty array); its ``logits_hw`` are +1 inside the mask and -1 outside.
 
         Raises:
             ValueError: a prompt or slice the worker refuses (the message says why).
@@ -128,6 +138,8 @@ class RemoteSegmenter:
         args = {**prompts_to_wire(prompts), "axis": int(axis), "index": int(index)}
         if use_learned is not None:
             args["use_learned"] = bool(use_learned)
+        if low_res:
+            args["low_res"] = True
         for attempt in (1, 2):
             self.ensure_open()
             try:
@@ -140,7 +152,7 @@ class RemoteSegmenter:
         self._cached.setdefault(int(axis), set()).add(int(index))
         self.lastEncoded = bool(result.get("encoded"))
         mask = np.asarray(result["mask"], dtype=bool)
-        low = np.asarray(result["low_res_logits"], dtype=np.float32)
+        low = np.asarray(result.get("low_res_logits", np.zeros((0, 0))), dtype=np.float32)
         logits = result.get("logits")
         logits = np.where(mask, 1.0, -1.0).astype(np.float32) if logits is None else logits
         return SliceResult(mask, float(result["iou"]), logits, low, int(axis), int(index))
