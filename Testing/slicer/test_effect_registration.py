@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import ast
 import sys
-import types
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,29 +24,6 @@ def slicer_effect_lookup(source: Path) -> tuple[str, str, object | None]:
     class_name = source.stem if source.stem.endswith("Effect") else source.stem + "Effect"
     module = sys.modules.get(module_name)
     return module_name, class_name, getattr(module, class_name, None) if module is not None else None
-
-
-@pytest.fixture
-def app_stubs(monkeypatch):
-    """The app-only modules the effect file imports (Qt, the editor's base class, translations), as stubs."""
-
-    class AbstractScriptedSegmentEditorEffect:
-        def __init__(self, scriptedEffect=None):
-            self.scriptedEffect = scriptedEffect
-
-    monkeypatch.setitem(sys.modules, "qt", types.ModuleType("qt"))
-    effects = types.ModuleType("SegmentEditorEffects")
-    effects.AbstractScriptedSegmentEditorEffect = AbstractScriptedSegmentEditorEffect
-    monkeypatch.setitem(sys.modules, "SegmentEditorEffects", effects)
-    i18n = types.ModuleType("slicer.i18n")
-    i18n.tr = lambda text: text
-    monkeypatch.setitem(sys.modules, "slicer.i18n", i18n)
-    for name in [m for m in sys.modules if m.startswith("SegmentEditorSAMMedLib")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.syspath_prepend(str(ROOT))
-    yield
-    for name in [m for m in sys.modules if m.startswith("SegmentEditorSAMMedLib")]:
-        del sys.modules[name]  # imported against the stubs: not for other tests
 
 
 def registered_source() -> Path:
@@ -82,3 +56,23 @@ def test_without_the_import_slicer_would_load_the_file_over_the_package(app_stub
 def test_the_effect_folder_holds_only_the_effect():
     files = {p.name for p in (ROOT / "SegmentEditorSAMMedLib").iterdir() if p.name != "__pycache__"}
     assert files == {"__init__.py", "SegmentEditorEffect.py", "SegmentEditorEffect.png", "CMakeLists.txt"}
+
+
+def test_after_registration_every_lib_and_both_modules_libraries_still_import(app_stubs):
+    """Registration replayed as Slicer runs it (the effect's package imported, then looked up by its folder name):
+    the libraries the modules use afterwards import as packages, not as the effect file (the bug of a shared
+    folder, where ``loadSourceAsModule`` put the effect file in place of ``SAMMedAnnotatorLib``)."""
+    import importlib
+
+    import SegmentEditorSAMMedLib  # noqa: F401 - what registerSegmentEditorEffect does first
+
+    slicer_effect_lookup(registered_source())
+    for name in ("SAMMedLib", "SAMMedAnnotatorLib", "SAMMedAutoLib"):
+        assert hasattr(importlib.import_module(name), "__path__"), f"{name} is not a package any more"
+    for name in (
+        "SAMMedLib.ModelSession",
+        "SAMMedLib.SegmentIO",
+        "SAMMedAnnotatorLib.Annotator",
+        "SAMMedAutoLib.AutoReview",
+    ):
+        importlib.import_module(name)
