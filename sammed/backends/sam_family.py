@@ -76,6 +76,8 @@ class SamFamilyBackend:
         self.model: Any = model.to(self.device).eval()  # SAM-shaped: image_encoder, prompt_encoder, mask_decoder
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self.runtime = "torch"  # or "onnx" (``use_onnx``): which runtime encodes; decoding is torch's
+        self._ort: Any = None
         prompt_encoder: Any = self.model.prompt_encoder
         emb = prompt_encoder.image_embedding_size
         self.embedding_shape = (int(prompt_encoder.embed_dim), int(emb[0]), int(emb[1]))
@@ -135,9 +137,35 @@ class SamFamilyBackend:
         for module in self.model.modules():
             module.register_forward_pre_hook(hook)
 
+    def use_onnx(self, folder: Path) -> None:
+        """Encode with ONNX Runtime from now on (``onnx_encoder``; CPU only), exporting into ``folder`` once.
+
+        Raises:
+            ValueError: not on the CPU, or ONNX Runtime missing.
+            RuntimeError: the export failed.
+        """
+        from . import onnx_encoder
+
+        if self.device.type != "cpu":
+            raise ValueError(f"The ONNX runtime encodes on the CPU; this model runs on {self.device}: use torch.")
+        if not onnx_encoder.available():
+            raise ValueError("ONNX Runtime is not installed: pip install onnxruntime, or use the torch runtime.")
+        path = onnx_encoder.ensure_export(
+            self.model.image_encoder, self.image_size, self.model_id, self.weights_sha256, folder
+        )
+        self._ort = onnx_encoder.OrtEncoder(path)
+        self.runtime = "onnx"
+
+    def interrupt(self, thread_ident: int | None) -> bool:
+        """Stop an ONNX Runtime encode running on that thread (it raises ``jobs.Cancelled``); torch encodes stop at
+        their next yield point instead. True when one was stopped."""
+        return self._ort is not None and self._ort.interrupt(thread_ident)
+
     @torch.inference_mode()
     def encode(self, image_hw3: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 model image -> Cxhxw float32 embedding (256x64x64 for both families)."""
+        if self._ort is not None:
+            return np.asarray(self._ort.run(self.preprocess(image_hw3).cpu().numpy())[0], dtype=np.float32)
         emb = self.model.image_encoder(self.preprocess(image_hw3))
         return emb[0].float().cpu().numpy()
 

@@ -30,14 +30,21 @@ def run(args: argparse.Namespace) -> int:
             progress.close()  # type: ignore[attr-defined]
         print(f"Saved and verified: {path}")
         return 0
+    from ..backends import onnx_encoder
+
+    onnx_ok = onnx_encoder.available()
     rows = [model_status(spec) for spec in REGISTRY.values()]
+    for row, spec in zip(rows, REGISTRY.values(), strict=True):  # what --runtime auto picks on the CPU
+        row["runtime"] = "onnx" if onnx_ok and spec.family == "litemedsam" else "torch"
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'id':<12} {'size':>9}  {'licence':<11} {'present':<8} {'verified':<9} description")
+    print(f"{'id':<12} {'size':>9}  {'licence':<11} {'present':<8} {'verified':<9} {'runtime':<8} description")
     for r in rows:
         print(
             f"{r['id']:<12} {r['size_mb']:>6.1f} MB  {r['licence']:<11} {str(r['present']):<8} "
-            f"{str(r['verified']):<9} {r['description']}"
+            f"{str(r['verified']):<9} {r['runtime']:<8} {r['description']}"
         )
+    state = "installed" if onnx_ok else "not installed (pip install onnxruntime)"
+    print(f"Encoder runtimes: torch (reference), onnx (ONNX Runtime, CPU: {state}); --runtime chooses.")
     return 0

@@ -18,13 +18,20 @@ from ..jobs import CancelToken
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """--model, --checkpoint, --arch, --sha256, --device."""
+    """--model, --checkpoint, --arch, --sha256, --device, --runtime."""
     g = p.add_argument_group("model")
     g.add_argument("--model", default="litemedsam", help="registry id (see `sammed models`); default litemedsam")
     g.add_argument("--checkpoint", help="a weights file of your own instead of the registry's")
     g.add_argument("--arch", help="architecture of --checkpoint: litemedsam, vit_b, vit_l, vit_h")
     g.add_argument("--sha256", help="expected SHA256 of --checkpoint")
     g.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    g.add_argument(
+        "--runtime",
+        default="auto",
+        choices=("auto", "torch", "onnx"),
+        help="image encoder runtime: auto (default: ONNX Runtime for LiteMedSAM on the CPU when installed, else "
+        "torch), torch (the reference) or onnx",
+    )
 
 
 def add_intensity_args(p: argparse.ArgumentParser) -> None:
@@ -146,7 +153,14 @@ def make_backend(args: argparse.Namespace) -> Any:
     """The model the arguments ask for, with verified weights."""
     from ..models import load_backend
 
-    return load_backend(args.model, device=args.device, checkpoint=args.checkpoint, arch=args.arch, sha256=args.sha256)
+    return load_backend(
+        args.model,
+        device=args.device,
+        checkpoint=args.checkpoint,
+        arch=args.arch,
+        sha256=args.sha256,
+        runtime=getattr(args, "runtime", "auto"),
+    )
 
 
 def make_mapping(args: argparse.Namespace, volume: Any) -> Any:

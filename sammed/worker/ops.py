@@ -64,16 +64,19 @@ class WorkerState:
     """Model, cache, volumes and segmenters of one worker.
 
     Args:
-        backend_factory: ``(model_id, device) -> backend`` (default ``models.load_backend``; ``fake`` gives the
-            analytic ``FakeBackend``).
+        backend_factory: ``(model_id, device, runtime) -> backend`` (default ``models.load_backend``; ``fake``
+            gives the analytic ``FakeBackend``).
         cache: the embedding cache (default: memory only, the default byte bound).
     """
 
-    def __init__(self, backend_factory: Callable[[str, str], Any] | None = None, cache: EmbeddingCache | None = None):
+    def __init__(
+        self, backend_factory: Callable[[str, str, str], Any] | None = None, cache: EmbeddingCache | None = None
+    ) -> None:
         self.backend_factory = backend_factory or default_backend
         self.cache = cache if cache is not None else EmbeddingCache()
         self.model_id = "litemedsam"
         self.device = "auto"
+        self.runtime = "auto"
         self.volumes: dict[str, Volume] = {}
         self.segmenters: dict[tuple[str, str], Segmenter] = {}
         self.yield_point: Callable[[], None] = lambda: None
@@ -86,7 +89,7 @@ class WorkerState:
         """The model, loaded on first use (both lanes may ask: one load)."""
         with self._lock:
             if self._backend is None:
-                backend = self.backend_factory(self.model_id, self.device)
+                backend = self.backend_factory(self.model_id, self.device, self.runtime)
                 if hasattr(backend, "encode_delay"):
                     backend.encode_delay = self.fake_encode_delay
                 if hasattr(backend, "set_yield_point"):
@@ -128,9 +131,10 @@ class WorkerState:
     def op_configure(self, args: dict, control: jobs.JobControl) -> dict:
         """Model, device and cache settings. A new model or device drops the loaded one (loaded again on use)."""
         model, device = str(args.get("model", self.model_id)), str(args.get("device", self.device))
+        runtime = str(args.get("runtime", self.runtime))
         with self._lock:
-            if (model, device) != (self.model_id, self.device):
-                self.model_id, self.device, self._backend = model, device, None
+            if (model, device, runtime) != (self.model_id, self.device, self.runtime):
+                self.model_id, self.device, self.runtime, self._backend = model, device, runtime, None
                 self.segmenters.clear()
             if "cache_dir" in args:
                 self.cache.disk_dir = Path(args["cache_dir"]) if args["cache_dir"] else None
@@ -140,7 +144,7 @@ class WorkerState:
                     self._backend.encode_delay = self.fake_encode_delay
             if args.get("cache_mb") is not None:
                 self.cache.max_bytes = int(float(args["cache_mb"]) * (1 << 20))
-        return {"model": self.model_id, "device": self.device}
+        return {"model": self.model_id, "device": self.device, "runtime": self.runtime}
 
     def op_open_volume(self, args: dict, control: jobs.JobControl) -> dict:
         """Hold a volume: ``array`` (KxJxI), ``spacing``, ``origin`` (LPS), ``direction`` (3x3 LPS), ``name``."""
@@ -237,6 +241,7 @@ class WorkerState:
             "model": self.model_id,
             "device": self.device,
             "model_loaded": self._backend is not None,
+            "runtime": getattr(self._backend, "runtime", None),
             "volumes": sorted(self.volumes),
             "cache": {
                 "memory_bytes": self.cache.memory_bytes,
@@ -250,7 +255,14 @@ class WorkerState:
         """Load the model now (a client warms the worker up while the user sets things up)."""
         control.progress(0.0, f"Loading {self.model_id}")
         backend = self.backend()
-        return {"model": backend.model_id, "device": str(getattr(backend, "device", "cpu"))}
+        device, runtime = str(getattr(backend, "device", "cpu")), getattr(backend, "runtime", "torch")
+        return {"model": backend.model_id, "device": device, "runtime": runtime}
+
+    def interrupt(self, thread_ident: int | None) -> None:
+        """Stop an encode running on that thread now, where the runtime allows (ONNX Runtime)."""
+        backend = self._backend
+        if backend is not None and hasattr(backend, "interrupt"):
+            backend.interrupt(thread_ident)
 
     def op_precompute(self, args: dict, control: jobs.JobControl) -> dict:
         """Encode ``indices`` of ``axis`` in the order given (the client orders them outward from the slice the
@@ -343,7 +355,7 @@ def _finite(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def default_backend(model_id: str, device: str) -> Any:
+def default_backend(model_id: str, device: str, runtime: str = "auto") -> Any:
     """``models.load_backend``, or the analytic ``FakeBackend`` for the model id ``fake``."""
     if model_id == FAKE_MODEL:
         from ..backends.fake import FakeBackend
@@ -351,7 +363,7 @@ def default_backend(model_id: str, device: str) -> Any:
         return FakeBackend()
     from .. import models
 
-    return models.load_backend(model_id, device=device)
+    return models.load_backend(model_id, device=device, runtime=runtime)
 
 
 def config_to_wire(config: Any) -> dict | None:

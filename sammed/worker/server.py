@@ -158,6 +158,7 @@ class WorkerServer:
             running = self._running["background"]
             if running is not None and (job_id is None or running.rid == job_id):
                 running.cancelled.set()
+                self.state.interrupt(self._background_ident)  # an ONNX Runtime encode stops in the middle too
                 dropped_running = 1
             else:
                 dropped_running = 0

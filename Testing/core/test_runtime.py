@@ -1,0 +1,99 @@
+"""The ONNX Runtime encoder: the masks of the exported encoder equal the eager model's on the bundled CT, a stale or
+corrupted export is detected and made again, an encode can be interrupted, bad runtime choices are refused."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from data import CT_LABEL_IDS
+
+from sammed import geometry
+from sammed import jobs
+from sammed import models
+from sammed.backends import onnx_encoder
+from sammed.evaluate.metrics import dice
+from sammed.segmenter import Segmenter
+
+pytestmark = pytest.mark.model
+ORGANS = ("liver", "spleen", "kidney_left")
+
+
+@pytest.fixture(scope="module")
+def onnx_backend(litemedsam):
+    backend = models.load_backend("litemedsam", device="cpu", runtime="onnx")
+    assert backend.runtime == "onnx" and litemedsam.runtime in ("torch", "onnx")
+    return backend
+
+
+@pytest.fixture(scope="module")
+def torch_backend(litemedsam):
+    return models.load_backend("litemedsam", device="cpu", runtime="torch")
+
+
+def test_onnx_masks_equal_the_eager_masks_on_the_bundled_ct(ct_volume, ct_labels, onnx_backend, torch_backend):
+    fast, eager = Segmenter(ct_volume, onnx_backend), Segmenter(ct_volume, torch_backend)
+    scores, diffs = [], []
+    for organ in ORGANS:
+        ref = ct_labels.array_kji == CT_LABEL_IDS[organ]
+        for axis in (0, 1):
+            index = geometry.largest_slice(ref, axis)
+            box = geometry.box_from_mask(geometry.extract_slice(ref, axis, index))
+            a = fast.segment(axis, index, box_xyxy=box).mask_hw
+            b = eager.segment(axis, index, box_xyxy=box).mask_hw
+            scores.append(dice(a, b))
+            image = fast.model_image(axis, index)
+            diffs.append(float(np.abs(onnx_backend.encode(image) - torch_backend.encode(image)).max()))
+    summary = f"mean Dice {np.mean(scores):.4f}, min {min(scores):.4f}; max |emb diff| {max(diffs):.2e}"
+    print(f"\nonnx vs eager masks: {summary}")
+    assert np.mean(scores) >= 0.995 and min(scores) >= 0.98
+    assert max(diffs) < 1e-3
+
+
+def test_a_stale_or_corrupted_export_is_made_again(tmp_path, torch_backend):
+    encoder, sha = torch_backend.model.image_encoder, torch_backend.weights_sha256
+    path = onnx_encoder.ensure_export(encoder, 256, "litemedsam", sha, tmp_path)
+    onnx_path, record_path = onnx_encoder.export_paths(tmp_path, "litemedsam", sha, 256)
+    assert path == onnx_path and onnx_encoder.check_export(onnx_path, record_path, sha) == ""
+    assert "stale" in onnx_encoder.check_export(onnx_path, record_path, "0" * 64)
+    data = bytearray(onnx_path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx_path.write_bytes(bytes(data))
+    assert "corrupted" in onnx_encoder.check_export(onnx_path, record_path, sha)
+    onnx_encoder.ensure_export(encoder, 256, "litemedsam", sha, tmp_path)
+    assert onnx_encoder.check_export(onnx_path, record_path, sha) == ""
+    record = json.loads(record_path.read_text())
+    assert record["weights_sha256"] == sha and record["export_version"] == onnx_encoder.EXPORT_VERSION
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_an_onnx_encode_can_be_interrupted(ct_volume, onnx_backend):
+    image = Segmenter(ct_volume, onnx_backend).model_image(0, 50)
+    outcome = {}
+
+    def encode() -> None:
+        outcome["ident"] = threading.get_ident()
+        try:
+            onnx_backend.encode(image)
+            outcome["result"] = "finished"
+        except jobs.Cancelled:
+            outcome["result"] = "cancelled"
+
+    thread = threading.Thread(target=encode)
+    thread.start()
+    end = time.monotonic() + 5
+    while not onnx_backend.interrupt(outcome.get("ident")):  # retried until the run has started
+        assert time.monotonic() < end and thread.is_alive(), outcome
+        time.sleep(0.002)
+    thread.join(10)
+    assert outcome["result"] == "cancelled"
+    assert onnx_backend.encode(image).shape == onnx_backend.embedding_shape, "the encoder still works afterwards"
+
+
+def test_bad_runtime_choices_are_refused(torch_backend):
+    with pytest.raises(ValueError, match="Unknown runtime 'tensorrt'"):
+        models.select_runtime(torch_backend, "tensorrt")
+    assert models.select_runtime(torch_backend, "torch") == "torch"
