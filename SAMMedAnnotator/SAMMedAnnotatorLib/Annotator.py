@@ -44,6 +44,7 @@ class PromptMarkups:
         """Add the missing nodes to ``scene`` (box ROI, green positive and red negative point lists)."""
         if self.box is None:
             self.box = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "SAMMed box")
+            self.box.CreateDefaultDisplayNodes()  # AddNewNodeByClass adds none; the views draw display nodes
         for name, field, color in (
             ("SAMMed positive", "positive", (0.1, 0.9, 0.2)),
             ("SAMMed negative", "negative", (0.95, 0.2, 0.2)),

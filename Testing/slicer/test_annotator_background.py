@@ -173,3 +173,17 @@ def test_sammed_auto_reuses_the_annotators_embeddings_through_the_shared_session
     assert review.generatedSlices() == [17, 18, 19, 21, 22, 23]
     assert all(e.name != "propagate" for e in annotator.poll()), "the review's events went to the review"
     review.close()
+
+
+def test_prompt_markups_are_created_with_display_nodes(cube_case):
+    """AddNewNodeByClass alone gives markups without a display node (slicer-core and the app's scene alike); the
+    colours are set on display nodes created first."""
+    from SAMMedAnnotatorLib.Annotator import PromptMarkups
+
+    scene, node, annotator = cube_case
+    markups = PromptMarkups()
+    markups.create(scene)
+    for markup in (markups.box, markups.positive, markups.negative):
+        assert markup.GetDisplayNode() is not None
+    assert markups.positive.GetDisplayNode().GetSelectedColor() != markups.negative.GetDisplayNode().GetSelectedColor()
+    assert markups.box is not None and markups.box.IsA("vtkMRMLMarkupsROINode")

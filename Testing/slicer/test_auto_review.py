@@ -280,6 +280,8 @@ def test_accept_honours_masking(case):
     np.testing.assert_array_equal(after & gen, review.result.mask_kji & gen & allowed)
     assert (review.result.mask_kji & gen & ~allowed).any()  # the mask really cut something
     np.testing.assert_array_equal(after[10], review.result.mask_kji[10])  # user slice as drawn
+    # masking is computed for the editor node's selected segment: the accept selected the target, not the preview
+    assert editor_node.GetSelectedSegmentID() == case.seg_id
 
 
 def slicer_scene_mask_mode(name):
