@@ -97,3 +97,36 @@ def test_bad_runtime_choices_are_refused(torch_backend):
     with pytest.raises(ValueError, match="Unknown runtime 'tensorrt'"):
         models.select_runtime(torch_backend, "tensorrt")
     assert models.select_runtime(torch_backend, "torch") == "torch"
+
+
+def test_a_preempted_onnx_encode_waits_for_the_users_request_then_finishes(ct_volume, onnx_backend):
+    """What the worker does when a click arrives during a background encode: the encode stops, waits at the yield
+    point until the click is answered, then runs again and returns the same embedding."""
+    image = Segmenter(ct_volume, onnx_backend).model_image(0, 60)
+    expected = onnx_backend.encode(image)
+    click_done, waited, outcome = threading.Event(), threading.Event(), {}
+
+    def yield_point() -> None:
+        waited.set()
+        click_done.wait(10)
+
+    onnx_backend.set_yield_point(yield_point)
+    try:
+
+        def encode() -> None:
+            outcome["ident"] = threading.get_ident()
+            outcome["embedding"] = onnx_backend.encode(image)
+
+        thread = threading.Thread(target=encode)
+        thread.start()
+        end = time.monotonic() + 5
+        while not onnx_backend.interrupt(outcome.get("ident"), preempt=True):
+            assert time.monotonic() < end and thread.is_alive(), outcome
+            time.sleep(0.002)
+        assert waited.wait(5), "the preempted encode waits for the user's request"
+        assert thread.is_alive() and "embedding" not in outcome
+        click_done.set()
+        thread.join(10)
+        np.testing.assert_allclose(outcome["embedding"], expected, atol=1e-5)
+    finally:
+        onnx_backend.set_yield_point(lambda: None)

@@ -135,6 +135,8 @@ class OrtEncoder:
         self.threads = int(threads or os.cpu_count() or 1)
         self._local = threading.local()
         self._active: dict[int, Any] = {}  # thread ident -> RunOptions of its encode in progress
+        self._preempted: set[int] = set()  # threads whose encode was stopped to be run again
+        self._preemptible: dict[int, bool] = {}
         self._lock = threading.Lock()
         self.session()  # fail now, not at the first encode
 
@@ -154,11 +156,15 @@ class OrtEncoder:
             self._local.session = session
         return session
 
-    def run(self, image_13ss: np.ndarray) -> np.ndarray:
+    def run(self, image_13ss: np.ndarray, preemptible: bool = True) -> np.ndarray:
         """1x3xSxS float32 -> 1xCxhxw float32.
+
+        Args:
+            preemptible: ``interrupt(..., preempt=True)`` may stop it.
 
         Raises:
             jobs.Cancelled: ``interrupt`` stopped it.
+            Preempted: ``interrupt(..., preempt=True)`` stopped it (run it again later).
         """
         import onnxruntime as ort
 
@@ -166,21 +172,35 @@ class OrtEncoder:
         ident = threading.get_ident()
         with self._lock:
             self._active[ident] = options
+            self._preemptible[ident] = preemptible
+            self._preempted.discard(ident)
         try:
             return self.session().run(None, {"image": np.ascontiguousarray(image_13ss, dtype=np.float32)}, options)[0]
         except Exception as exc:
             if options.terminate:
-                raise Cancelled("Encoding stopped.") from None
+                with self._lock:
+                    preempted = ident in self._preempted
+                raise (Preempted() if preempted else Cancelled("Encoding stopped.")) from None
             raise RuntimeError(f"ONNX Runtime failed to encode: {exc}") from exc
         finally:
             with self._lock:
                 self._active.pop(ident, None)
 
-    def interrupt(self, thread_ident: int | None) -> bool:
-        """Stop the encode running on ``thread_ident`` (it raises ``Cancelled``). False when none runs there."""
+    def interrupt(self, thread_ident: int | None, preempt: bool = False) -> bool:
+        """Stop the encode running on ``thread_ident``: it raises ``Cancelled``, or ``Preempted`` with ``preempt``
+        (a user's request needs the cores; the encode is run again afterwards). False when none runs there."""
         with self._lock:
-            options = self._active.get(thread_ident) if thread_ident is not None else None
-            if options is None:
+            if thread_ident is None or thread_ident not in self._active:
                 return False
-            options.terminate = True
+            if preempt and not self._preemptible.get(thread_ident, True):
+                return False
+            if preempt:
+                self._preempted.add(thread_ident)
+            else:
+                self._preempted.discard(thread_ident)
+            self._active[thread_ident].terminate = True
         return True
+
+
+class Preempted(Exception):
+    """An encode stopped so that a user's request runs at full speed; run it again."""

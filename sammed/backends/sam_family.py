@@ -78,6 +78,8 @@ class SamFamilyBackend:
             p.requires_grad_(False)
         self.runtime = "torch"  # or "onnx" (``use_onnx``): which runtime encodes; decoding is torch's
         self._ort: Any = None
+        self._yield_point: Callable[[], None] = lambda: None
+        self._hooked = False
         prompt_encoder: Any = self.model.prompt_encoder
         emb = prompt_encoder.image_embedding_size
         self.embedding_shape = (int(prompt_encoder.embed_dim), int(emb[0]), int(emb[1]))
@@ -128,14 +130,18 @@ class SamFamilyBackend:
         return F.pad(x, (0, self.image_size - nw, 0, self.image_size - nh))
 
     def set_yield_point(self, fn: Callable[[], None]) -> None:
-        """Call ``fn()`` before every module of the model runs: the worker process pauses (or cancels, by raising)
-        background work there while a user's request runs (``sammed.worker.server``)."""
+        """Call ``fn()`` before every module of the model runs (and where a preempted ONNX encode waits): the worker
+        process pauses (or cancels, by raising) background work there while a user's request runs
+        (``sammed.worker.server``). The hooks are added once; a later call replaces ``fn``."""
+        first = not self._hooked
+        self._yield_point, self._hooked = fn, True
+        if first:
 
-        def hook(module: torch.nn.Module, inputs: Any) -> None:
-            fn()
+            def hook(module: torch.nn.Module, inputs: Any) -> None:
+                self._yield_point()
 
-        for module in self.model.modules():
-            module.register_forward_pre_hook(hook)
+            for module in self.model.modules():
+                module.register_forward_pre_hook(hook)
 
     def use_onnx(self, folder: Path) -> None:
         """Encode with ONNX Runtime from now on (``onnx_encoder``; CPU only), exporting into ``folder`` once.
@@ -156,16 +162,24 @@ class SamFamilyBackend:
         self._ort = onnx_encoder.OrtEncoder(path)
         self.runtime = "onnx"
 
-    def interrupt(self, thread_ident: int | None) -> bool:
-        """Stop an ONNX Runtime encode running on that thread (it raises ``jobs.Cancelled``); torch encodes stop at
+    def interrupt(self, thread_ident: int | None, preempt: bool = False) -> bool:
+        """Stop an ONNX Runtime encode running on that thread: it raises ``jobs.Cancelled``, or with ``preempt``
+        waits at the yield point (while a user's request runs) and encodes again. Torch encodes pause or stop at
         their next yield point instead. True when one was stopped."""
-        return self._ort is not None and self._ort.interrupt(thread_ident)
+        return self._ort is not None and self._ort.interrupt(thread_ident, preempt)
 
     @torch.inference_mode()
     def encode(self, image_hw3: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 model image -> Cxhxw float32 embedding (256x64x64 for both families)."""
         if self._ort is not None:
-            return np.asarray(self._ort.run(self.preprocess(image_hw3).cpu().numpy())[0], dtype=np.float32)
+            from .onnx_encoder import Preempted
+
+            x = self.preprocess(image_hw3).cpu().numpy()
+            while True:  # stopped for a user's request: wait until it is answered, then encode again
+                try:
+                    return np.asarray(self._ort.run(x)[0], dtype=np.float32)
+                except Preempted:
+                    self._yield_point()
         emb = self.model.image_encoder(self.preprocess(image_hw3))
         return emb[0].float().cpu().numpy()
 

@@ -258,11 +258,12 @@ class WorkerState:
         device, runtime = str(getattr(backend, "device", "cpu")), getattr(backend, "runtime", "torch")
         return {"model": backend.model_id, "device": device, "runtime": runtime}
 
-    def interrupt(self, thread_ident: int | None) -> None:
-        """Stop an encode running on that thread now, where the runtime allows (ONNX Runtime)."""
+    def interrupt(self, thread_ident: int | None, preempt: bool = False) -> None:
+        """Stop an encode running on that thread now, where the runtime allows (ONNX Runtime): for good, or with
+        ``preempt`` to run it again once the user's request is answered."""
         backend = self._backend
         if backend is not None and hasattr(backend, "interrupt"):
-            backend.interrupt(thread_ident)
+            backend.interrupt(thread_ident, preempt)
 
     def op_precompute(self, args: dict, control: jobs.JobControl) -> dict:
         """Encode ``indices`` of ``axis`` in the order given (the client orders them outward from the slice the

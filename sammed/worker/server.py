@@ -192,6 +192,7 @@ class WorkerServer:
             try:
                 if name == "interactive":
                     with self.gate.interactive():
+                        self.state.interrupt(self._background_ident, preempt=True)  # re-run after this request
                         self._run(job)
                 else:
                     self._run(job)
