@@ -13,13 +13,14 @@ Usage: python benchmarks/bench_core.py [--device cpu] [--slices 5] [--repeats 50
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from common import pct
+from common import write_result
 
 from sammed import geometry
 from sammed.demo import example_paths
@@ -29,10 +30,6 @@ from sammed.prompts import Prompts
 from sammed.segmenter import Segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def pct(values, q):
-    return float(np.percentile(values, q))
 
 
 def click_latencies(seg, idx: int, ref: np.ndarray, box: np.ndarray, repeats: int) -> tuple[list, list]:
@@ -112,10 +109,7 @@ def main() -> int:
         "re_encodes_after_20_prompts_on_one_slice": int(re_encodes),
         "repeats": args.repeats,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
-    return 0
+    return write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Usage: python benchmarks/bench_encoder.py [--repeats 6] [--out benchmarks/result
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import write_result
 
 from sammed import geometry
 from sammed.demo import example_paths
@@ -132,10 +132,7 @@ def main() -> int:
         "propagation_dice_onnx_vs_torch": round(dice(prop["onnx"][2], prop["torch"][2]), 5),
         "default_runtime_cpu": load_backend("litemedsam", device="cpu").runtime,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
-    return 0
+    return write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Usage: python benchmarks/bench_worker.py [--device cpu] [--repeats 40] [--slices
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -25,6 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import pct
+from common import write_result
 
 from sammed import geometry
 from sammed.demo import example_paths
@@ -37,10 +38,6 @@ from sammed.worker.remote import RemoteSegmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 POLL_INTERVAL_S = 0.05  # the modules' QTimer interval
-
-
-def pct(values, q) -> float:
-    return float(np.percentile(values, q))
 
 
 def clicks(
@@ -105,7 +102,8 @@ def poll_until_done(client: WorkerClient, rid: int) -> tuple[list[float], int]:
 def encode_throughput(local: Segmenter, remote: RemoteSegmenter, client: WorkerClient, idx: int, n: int) -> dict:
     """Encode ``n`` slices here and ``n`` others in the worker (polled as the modules poll it), in two alternating
     halves so that a slower or faster spell of the machine falls on both."""
-    client.wait(remote.precompute(0, [idx - 2 * n - 3]), 300)  # the background lane's first encode (warm-up)
+    warm = [idx - 2 * n - 3 - i for i in range(3)]  # the background session's first runs are slower (warm-up)
+    client.wait(remote.precompute(0, warm), 300)
     client.drain()
     here_s = worker_s = 0.0
     ticks: list[float] = []
@@ -183,10 +181,7 @@ def main() -> int:
         "repeats": args.repeats,
         "slices": args.slices,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
-    return 0
+    return write_result(result, args.out)
 
 
 if __name__ == "__main__":
