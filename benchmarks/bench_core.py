@@ -95,6 +95,7 @@ def main() -> int:
         "benchmark": "core",
         "model": backend.model_id,
         "device": str(backend.device),
+        "encoder_runtime": backend.runtime,
         "torch_threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "encoder_seconds_per_slice_median": round(float(np.median(enc)), 4),
