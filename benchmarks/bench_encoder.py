@@ -1,13 +1,13 @@
-"""Encoder runtime benchmark (not a test): ONNX Runtime vs torch eager for LiteMedSAM, same slices, one run.
+"""Encoder runtime benchmark (not a test): OpenVINO and ONNX Runtime vs torch eager for LiteMedSAM, one run.
 
 On the bundled CT and MR:
-- encoder seconds per slice, the two runtimes alternating on the same slices (goal: onnx <= 0.35x eager, never
+- encoder seconds per slice, the runtimes alternating on the same slices (goal: the default <= 0.35x eager, never
   above 0.5x);
-- masks from the two runtimes on 40 slices (20 CT, 20 MR: the 10 largest labels of each, on their largest slice
-  and on a slice a quarter into the label), tight box prompts: mean and minimum Dice (goals >= 0.995 and >= 0.98),
-  and the largest absolute difference between the embeddings;
-- propagation wall time (sliding window, CT liver from its largest axial slice, fresh caches) with each runtime
-  (goal: onnx <= 0.45x torch).
+- masks of each exported runtime vs eager on 40 slices (20 CT, 20 MR: the 10 largest labels of each, on their
+  largest slice and on a slice a quarter into the label), tight box prompts: mean and minimum Dice (goals >= 0.995
+  and >= 0.98), and the largest absolute difference between the embeddings;
+- propagation wall time (sliding window, CT liver from its largest axial slice, fresh caches) with torch and with
+  the default runtime (goal <= 0.45x torch).
 GPU batches are measured where a GPU is present (``--device cuda``); none was on the machine of the README numbers.
 
 Usage: python benchmarks/bench_encoder.py [--repeats 6] [--out benchmarks/results/encoder.json]
@@ -62,9 +62,9 @@ def box_slices(labels_kji: np.ndarray, count: int = 10) -> list[tuple[int, int]]
     return out
 
 
-def mask_agreement(backends: dict, volume, labels) -> dict:
-    """Dice between the two runtimes' masks and the largest embedding difference on ``box_slices``."""
-    fast, eager = (Segmenter(volume, backends[name]) for name in ("onnx", "torch"))
+def mask_agreement(backends: dict, name: str, volume, labels) -> dict:
+    """Dice between runtime ``name``'s masks and eager's, and the largest embedding difference, on ``box_slices``."""
+    fast, eager = Segmenter(volume, backends[name]), Segmenter(volume, backends["torch"])
     scores, diffs = [], []
     for n, (label, index) in enumerate(box_slices(labels.array_kji)):
         box = geometry.box_from_mask(labels.array_kji[index] == label)
@@ -72,7 +72,7 @@ def mask_agreement(backends: dict, volume, labels) -> dict:
         scores.append(dice(a, eager.segment(0, index, box_xyxy=box).mask_hw))
         if n % 5 == 0:  # the float32 embeddings themselves (the cache holds float16)
             image = fast.model_image(0, index)
-            diffs.append(float(np.abs(backends["onnx"].encode(image) - backends["torch"].encode(image)).max()))
+            diffs.append(float(np.abs(backends[name].encode(image) - backends["torch"].encode(image)).max()))
     return {"slices": len(scores), "dice_mean": float(np.mean(scores)), "dice_min": float(min(scores)), "diffs": diffs}
 
 
@@ -93,22 +93,35 @@ def main() -> int:
     args = ap.parse_args()
 
     import onnxruntime
+    import openvino
     import torch
 
     paths = example_paths()
     ct, ct_labels = read_volume(paths["ct"]), read_volume(paths["ct_labels"])
     mr, mr_labels = read_volume(paths["mr"]), read_volume(paths["mr_labels"])
-    backends = {name: load_backend("litemedsam", device="cpu", runtime=name) for name in ("torch", "onnx")}
-    assert [b.runtime for b in backends.values()] == ["torch", "onnx"]
+    names = ("torch", "onnx", "openvino")
+    backends = {name: load_backend("litemedsam", device="cpu", runtime=name) for name in names}
+    assert [b.runtime for b in backends.values()] == list(names)
+    default = load_backend("litemedsam", device="cpu").runtime
 
     liver = ct_labels.array_kji == 5
     centre = geometry.largest_slice(liver, 0)
     times = encoder_seconds(backends, Segmenter(ct, backends["torch"]), [centre - 2 * i for i in range(args.repeats)])
-    ct_agree, mr_agree = mask_agreement(backends, ct, ct_labels), mask_agreement(backends, mr, mr_labels)
-    scores = {k: [ct_agree[k], mr_agree[k]] for k in ("dice_mean", "dice_min")}
-    prop = {name: propagation_seconds(backend, ct, liver) for name, backend in backends.items()}
+    median = {name: float(np.median(t)) for name, t in times.items()}
+    masks = {}
+    for name in ("onnx", "openvino"):
+        ct_agree, mr_agree = (
+            mask_agreement(backends, name, ct, ct_labels),
+            mask_agreement(backends, name, mr, mr_labels),
+        )
+        masks[name] = {
+            "slices": ct_agree["slices"] + mr_agree["slices"],
+            "dice_mean": round(float(np.mean([ct_agree["dice_mean"], mr_agree["dice_mean"]])), 5),
+            "dice_min": round(float(min(ct_agree["dice_min"], mr_agree["dice_min"])), 5),
+            "embedding_max_abs_diff": float(max(ct_agree["diffs"] + mr_agree["diffs"])),
+        }
+    prop = {name: propagation_seconds(backends[name], ct, liver) for name in ("torch", default)}
 
-    eager, fast = float(np.median(times["torch"])), float(np.median(times["onnx"]))
     result = {
         "benchmark": "encoder",
         "model": "litemedsam",
@@ -117,20 +130,16 @@ def main() -> int:
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
-        "encoder_s_per_slice_torch": round(eager, 4),
-        "encoder_s_per_slice_onnx": round(fast, 4),
-        "encoder_ratio_onnx_vs_torch": round(fast / eager, 3),
+        "openvino": openvino.__version__,
+        "default_runtime_cpu": default,
+        "encoder_s_per_slice": {name: round(v, 4) for name, v in median.items()},
+        "encoder_ratio_vs_torch": {name: round(median[name] / median["torch"], 3) for name in ("onnx", "openvino")},
         "encoder_seconds": {k: [round(v, 4) for v in vs] for k, vs in times.items()},
-        "mask_slices": ct_agree["slices"] + mr_agree["slices"],
-        "mask_dice_mean": round(float(np.mean([ct_agree["dice_mean"], mr_agree["dice_mean"]])), 5),
-        "mask_dice_min": round(float(min(scores["dice_min"])), 5),
-        "mask_dice_ct_mr": {k: [round(v, 5) for v in vs] for k, vs in scores.items()},
-        "embedding_max_abs_diff": float(max(ct_agree["diffs"] + mr_agree["diffs"])),
+        "masks_vs_torch": masks,
         "propagation_s": {name: round(p[0], 2) for name, p in prop.items()},
         "propagation_encoded": {name: p[1] for name, p in prop.items()},
-        "propagation_ratio_onnx_vs_torch": round(prop["onnx"][0] / prop["torch"][0], 3),
-        "propagation_dice_onnx_vs_torch": round(dice(prop["onnx"][2], prop["torch"][2]), 5),
-        "default_runtime_cpu": load_backend("litemedsam", device="cpu").runtime,
+        "propagation_ratio_default_vs_torch": round(prop[default][0] / prop["torch"][0], 3),
+        "propagation_dice_default_vs_torch": round(dice(prop[default][2], prop["torch"][2]), 5),
     }
     return write_result(result, args.out)
 

@@ -261,7 +261,8 @@ def auto_device(requested: str | None = None) -> str:
     return requested
 
 
-RUNTIMES = ("auto", "torch", "onnx")
+RUNTIMES = ("auto", "torch", "onnx", "openvino")
+EXPORTED_RUNTIMES = ("openvino", "onnx")  # fastest first (benchmarks/bench_encoder.py), both the same masks
 
 
 def exports_dir() -> Path:
@@ -270,31 +271,34 @@ def exports_dir() -> Path:
 
 
 def select_runtime(backend: Any, runtime: str = "auto") -> str:
-    """Make ``backend`` encode with ``runtime``: ``torch`` (the reference), ``onnx`` (ONNX Runtime, CPU), or ``auto``:
-    ONNX for LiteMedSAM on the CPU when ONNX Runtime is installed (0.35x the time, same masks:
-    ``benchmarks/bench_encoder.py``), else torch; a failed export falls back to torch with a warning.
+    """Make ``backend`` encode with ``runtime``: ``torch`` (the reference), ``onnx`` (ONNX Runtime) or ``openvino``
+    (OpenVINO), both running the encoder's ONNX export on the CPU, or ``auto``: for LiteMedSAM on the CPU the
+    fastest installed of OpenVINO (0.23x torch's time) and ONNX Runtime (0.37x), same masks
+    (``benchmarks/bench_encoder.py``), else torch. A failed export falls back to torch with a warning.
     Returns the runtime in use.
 
     Raises:
-        ValueError: an unknown runtime, or ``onnx`` where it cannot run (GPU, ONNX Runtime missing).
+        ValueError: an unknown runtime, or an exported runtime where it cannot run (GPU, package missing).
     """
     from .backends import onnx_encoder
 
     if runtime not in RUNTIMES:
         raise ValueError(f"Unknown runtime '{runtime}'; choose one of: {', '.join(RUNTIMES)}.")
-    if runtime == "torch" or not hasattr(backend, "use_onnx"):
+    if runtime == "torch" or not hasattr(backend, "use_export"):
         return "torch"
-    if runtime == "auto":
-        if backend.family != "litemedsam" or backend.device.type != "cpu" or not onnx_encoder.available():
-            return "torch"
+    if runtime != "auto":
+        backend.use_export(exports_dir(), runtime)
+        return runtime
+    if backend.family != "litemedsam" or backend.device.type != "cpu":
+        return "torch"
+    for candidate in (r for r in EXPORTED_RUNTIMES if onnx_encoder.available(r)):
         try:
-            backend.use_onnx(exports_dir())
+            backend.use_export(exports_dir(), candidate)
         except (RuntimeError, ValueError) as exc:
-            warnings.warn(f"{exc}; encoding with torch instead.", stacklevel=2)
-            return "torch"
-        return "onnx"
-    backend.use_onnx(exports_dir())
-    return "onnx"
+            warnings.warn(f"{exc}; trying the next runtime.", stacklevel=2)
+            continue
+        return candidate
+    return "torch"
 
 
 def load_backend(

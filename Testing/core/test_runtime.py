@@ -1,5 +1,6 @@
-"""The ONNX Runtime encoder: the masks of the exported encoder equal the eager model's on the bundled CT, a stale or
-corrupted export is detected and made again, an encode can be interrupted, bad runtime choices are refused."""
+"""The exported encoder on ONNX Runtime and OpenVINO: masks equal the eager model's on the bundled CT, a stale or
+corrupted export is detected and made again, an encode can be interrupted or preempted, bad runtime choices are
+refused, and auto picks the fastest installed runtime."""
 
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ pytestmark = pytest.mark.model
 ORGANS = ("liver", "spleen", "kidney_left")
 
 
-@pytest.fixture(scope="module")
-def onnx_backend(litemedsam):
-    backend = models.load_backend("litemedsam", device="cpu", runtime="onnx")
-    assert backend.runtime == "onnx" and litemedsam.runtime in ("torch", "onnx")
+@pytest.fixture(scope="module", params=["onnx", "openvino"])
+def onnx_backend(request, litemedsam):
+    """LiteMedSAM whose encoder runs the ONNX export on ONNX Runtime or on OpenVINO."""
+    backend = models.load_backend("litemedsam", device="cpu", runtime=request.param)
+    assert backend.runtime == request.param
     return backend
 
 
@@ -48,7 +50,7 @@ def test_onnx_masks_equal_the_eager_masks_on_the_bundled_ct(ct_volume, ct_labels
             image = fast.model_image(axis, index)
             diffs.append(float(np.abs(onnx_backend.encode(image) - torch_backend.encode(image)).max()))
     summary = f"mean Dice {np.mean(scores):.4f}, min {min(scores):.4f}; max |emb diff| {max(diffs):.2e}"
-    print(f"\nonnx vs eager masks: {summary}")
+    print(f"\n{onnx_backend.runtime} vs eager masks: {summary}")
     assert np.mean(scores) >= 0.995 and min(scores) >= 0.98
     assert max(diffs) < 1e-3
 
@@ -93,10 +95,12 @@ def test_an_onnx_encode_can_be_interrupted(ct_volume, onnx_backend):
     assert onnx_backend.encode(image).shape == onnx_backend.embedding_shape, "the encoder still works afterwards"
 
 
-def test_bad_runtime_choices_are_refused(torch_backend):
+def test_bad_runtime_choices_are_refused_and_auto_picks_the_fastest_installed(torch_backend, litemedsam):
     with pytest.raises(ValueError, match="Unknown runtime 'tensorrt'"):
         models.select_runtime(torch_backend, "tensorrt")
     assert models.select_runtime(torch_backend, "torch") == "torch"
+    installed = [r for r in models.EXPORTED_RUNTIMES if onnx_encoder.available(r)]
+    assert litemedsam.runtime == (installed[0] if installed else "torch")
 
 
 def test_a_preempted_onnx_encode_waits_for_the_users_request_then_finishes(ct_volume, onnx_backend):

@@ -76,7 +76,7 @@ class SamFamilyBackend:
         self.model: Any = model.to(self.device).eval()  # SAM-shaped: image_encoder, prompt_encoder, mask_decoder
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.runtime = "torch"  # or "onnx" (``use_onnx``): which runtime encodes; decoding is torch's
+        self.runtime = "torch"  # or "onnx" / "openvino" (``use_export``): which runtime encodes; decoding is torch's
         self._ort: Any = None
         self._yield_point: Callable[[], None] = lambda: None
         self._hooked = False
@@ -143,27 +143,31 @@ class SamFamilyBackend:
             for module in self.model.modules():
                 module.register_forward_pre_hook(hook)
 
-    def use_onnx(self, folder: Path) -> None:
-        """Encode with ONNX Runtime from now on (``onnx_encoder``; CPU only), exporting into ``folder`` once.
+    def use_export(self, folder: Path, runtime: str = "onnx") -> None:
+        """Encode with the exported encoder from now on (``onnx_encoder``: ``onnx`` = ONNX Runtime, ``openvino`` =
+        OpenVINO; CPU only), exporting into ``folder`` once.
 
         Raises:
-            ValueError: not on the CPU, or ONNX Runtime missing.
+            ValueError: not on the CPU, or the runtime's package missing.
             RuntimeError: the export failed.
         """
         from . import onnx_encoder
 
         if self.device.type != "cpu":
-            raise ValueError(f"The ONNX runtime encodes on the CPU; this model runs on {self.device}: use torch.")
-        if not onnx_encoder.available():
-            raise ValueError("ONNX Runtime is not installed: pip install onnxruntime, or use the torch runtime.")
+            raise ValueError(f"The {runtime} runtime encodes on the CPU; this model runs on {self.device}: use torch.")
+        if not onnx_encoder.available(runtime):
+            raise ValueError(
+                f"The package '{onnx_encoder.ENGINES[runtime]}' for the {runtime} runtime is not installed: "
+                "pip install it, or use the torch runtime."
+            )
         path = onnx_encoder.ensure_export(
             self.model.image_encoder, self.image_size, self.model_id, self.weights_sha256, folder
         )
-        self._ort = onnx_encoder.OrtEncoder(path)
-        self.runtime = "onnx"
+        self._ort = onnx_encoder.make_encoder(runtime, path)
+        self.runtime = runtime
 
     def interrupt(self, thread_ident: int | None, preempt: bool = False) -> bool:
-        """Stop an ONNX Runtime encode running on that thread: it raises ``jobs.Cancelled``, or with ``preempt``
+        """Stop an exported encoder's encode running on that thread: it raises ``jobs.Cancelled``, or with ``preempt``
         waits at the yield point (while a user's request runs) and encodes again. Torch encodes pause or stop at
         their next yield point instead. True when one was stopped."""
         return self._ort is not None and self._ort.interrupt(thread_ident, preempt)

@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """List the registry, or download one model's weights."""
+    from ..models import EXPORTED_RUNTIMES
     from ..models import REGISTRY
     from ..models import download_weights
     from ..models import model_status
@@ -32,10 +33,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ..backends import onnx_encoder
 
-    onnx_ok = onnx_encoder.available()
+    installed = [r for r in EXPORTED_RUNTIMES if onnx_encoder.available(r)]
     rows = [model_status(spec) for spec in REGISTRY.values()]
     for row, spec in zip(rows, REGISTRY.values(), strict=True):  # what --runtime auto picks on the CPU
-        row["runtime"] = "onnx" if onnx_ok and spec.family == "litemedsam" else "torch"
+        row["runtime"] = installed[0] if installed and spec.family == "litemedsam" else "torch"
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -45,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
             f"{r['id']:<12} {r['size_mb']:>6.1f} MB  {r['licence']:<11} {str(r['present']):<8} "
             f"{str(r['verified']):<9} {r['runtime']:<8} {r['description']}"
         )
-    state = "installed" if onnx_ok else "not installed (pip install onnxruntime)"
-    print(f"Encoder runtimes: torch (reference), onnx (ONNX Runtime, CPU: {state}); --runtime chooses.")
+    state = {r: "installed" if r in installed else "not installed" for r in EXPORTED_RUNTIMES}
+    print(
+        f"Encoder runtimes: torch (reference), openvino (CPU: {state['openvino']}), onnx (ONNX Runtime, CPU: "
+        f"{state['onnx']}); --runtime chooses."
+    )
     return 0

@@ -28,9 +28,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--runtime",
         default="auto",
-        choices=("auto", "torch", "onnx"),
-        help="image encoder runtime: auto (default: ONNX Runtime for LiteMedSAM on the CPU when installed, else "
-        "torch), torch (the reference) or onnx",
+        choices=("auto", "torch", "onnx", "openvino"),
+        help="image encoder runtime: auto (default: for LiteMedSAM on the CPU OpenVINO, else ONNX Runtime, when "
+        "installed; torch otherwise), torch (the reference), onnx or openvino",
     )
 
 
