@@ -206,15 +206,35 @@ class Segmenter:
         allowed = set(range(n)) if indices is None else {int(i) for i in indices if 0 <= int(i) < n}
         order = [center] + [i for d in range(1, n) for i in (center + d, center - d) if 0 <= i < n]
         order = [i for i in order if i in allowed]
+        batch = self.batch_size()
         done = 0
-        for count, i in enumerate(order):
+        for start in range(0, len(order), batch):
             check_stop(should_stop, partial=done)
-            if not self.is_cached(axis, i):
-                self.embedding(axis, i)
-                done += 1
+            chunk = order[start : start + batch]
+            done += self.encode_slices(axis, chunk)
             if progress:
-                progress((count + 1) / len(order), f"Embedding slice {i} ({count + 1} of {len(order)}) on axis {axis}")
+                count, i = start + len(chunk), chunk[-1]
+                progress(count / len(order), f"Embedding slice {i} ({count} of {len(order)}) on axis {axis}")
         return done
+
+    def batch_size(self) -> int:
+        """Slices per encoder call (``backend.batch_size``: more than 1 on a GPU only)."""
+        size = getattr(self.backend, "batch_size", None)
+        return max(int(size()), 1) if callable(size) else 1
+
+    def encode_slices(self, axis: int, indices: list[int]) -> int:
+        """Encode the slices of ``indices`` not cached yet in one encoder call (``backend.encode_batch``; one by
+        one without it) and cache them. Returns how many were encoded."""
+        todo = [int(i) for i in indices if not self.is_cached(axis, i)]
+        if len(todo) <= 1 or not hasattr(self.backend, "encode_batch"):
+            for i in todo:
+                self.embedding(axis, i)
+            return len(todo)
+        embeddings = self.backend.encode_batch([self.model_image(axis, i) for i in todo])
+        for i, embedding in zip(todo, embeddings, strict=True):
+            self.cache.put(self.key(axis, i), embedding)
+        self.cache.stats.encodes += len(todo)
+        return len(todo)
 
     # ------------------------------------------------------------------ decoding
     def segment(

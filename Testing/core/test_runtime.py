@@ -134,3 +134,39 @@ def test_a_preempted_onnx_encode_waits_for_the_users_request_then_finishes(ct_vo
         np.testing.assert_allclose(outcome["embedding"], expected, atol=1e-5)
     finally:
         onnx_backend.set_yield_point(lambda: None)
+
+
+def test_a_batched_encoder_call_gives_the_single_slice_embeddings(ct_volume, torch_backend):
+    """The GPU path stacks slices into one encoder call; on the CPU (no autocast) the same call must give each
+    slice's own embedding."""
+    segmenter = Segmenter(ct_volume, torch_backend)
+    images = [segmenter.model_image(0, i) for i in (40, 60, 80)]
+    batched = torch_backend.encode_batch(images, batched=True)
+    for image, embedding in zip(images, batched, strict=True):
+        np.testing.assert_allclose(embedding, torch_backend.encode(image), atol=2e-4)
+    assert torch_backend.batch_size() == 1, "a batch is no faster on the CPU"
+
+
+def test_precompute_encodes_in_batches_of_the_backends_size(ct_volume):
+    """Segmenter.precompute (and the worker's precompute) ask the backend for its batch size and encode that many
+    slices per call, each slice once."""
+    from sammed.backends.fake import FakeBackend
+
+    class BatchingFake(FakeBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[int] = []
+
+        def batch_size(self) -> int:
+            return 4
+
+        def encode_batch(self, images):
+            self.calls.append(len(images))
+            return [self.encode(image) for image in images]
+
+    backend = BatchingFake()
+    segmenter = Segmenter(ct_volume, backend)
+    segmenter.embedding(0, 50)
+    assert segmenter.precompute(0, 50, indices=range(45, 56)) == 10
+    assert backend.calls == [3, 4, 3] and backend.encode_calls == 11
+    assert segmenter.cache.stats.encodes == 11 and all(segmenter.is_cached(0, i) for i in range(45, 56))

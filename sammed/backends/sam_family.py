@@ -80,6 +80,7 @@ class SamFamilyBackend:
         self._ort: Any = None
         self._yield_point: Callable[[], None] = lambda: None
         self._hooked = False
+        self._slice_bytes: int | None = None  # GPU memory one slice's encode takes (``batch_size``)
         prompt_encoder: Any = self.model.prompt_encoder
         emb = prompt_encoder.image_embedding_size
         self.embedding_shape = (int(prompt_encoder.embed_dim), int(emb[0]), int(emb[1]))
@@ -171,6 +172,34 @@ class SamFamilyBackend:
         waits at the yield point (while a user's request runs) and encodes again. Torch encodes pause or stop at
         their next yield point instead. True when one was stopped."""
         return self._ort is not None and self._ort.interrupt(thread_ident, preempt)
+
+    def batch_size(self, limit: int = 32) -> int:
+        """How many slices one encoder call should take: 1 on the CPU (a batch is no faster there) and for the
+        exported runtimes; on a GPU as many as half of its free memory holds, from the memory one slice took
+        (measured on the first call), at most ``limit``."""
+        if self.device.type != "cuda" or self._ort is not None:
+            return 1
+        if self._slice_bytes is None:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            self.encode(np.zeros((self.image_size, self.image_size, 3), np.uint8))
+            self._slice_bytes = max(torch.cuda.max_memory_allocated(self.device) - before, 1)
+        free, _total = torch.cuda.mem_get_info(self.device)
+        return int(min(max(free // 2 // self._slice_bytes, 1), limit))
+
+    @torch.inference_mode()
+    def encode_batch(self, images_hw3: list[np.ndarray], batched: bool | None = None) -> list[np.ndarray]:
+        """Several model images in one encoder call (on a GPU, in float16 autocast: a batch costs about one slice's
+        time); by default the exported runtimes and the CPU encode them one by one (``batched`` True forces one
+        torch call). Embeddings as ``encode`` returns them."""
+        if batched is None:
+            batched = self._ort is None and self.device.type == "cuda"
+        if len(images_hw3) <= 1 or not batched:
+            return [self.encode(image) for image in images_hw3]
+        x = torch.cat([self.preprocess(image) for image in images_hw3])
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+            emb = self.model.image_encoder(x)
+        return [e.float().cpu().numpy() for e in emb]
 
     @torch.inference_mode()
     def encode(self, image_hw3: np.ndarray) -> np.ndarray:

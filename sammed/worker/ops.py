@@ -272,17 +272,18 @@ class WorkerState:
         axis = geometry.check_axis(_int(args, "axis"))
         n = segmenter.volume.shape_kji[axis]
         order = [geometry.check_index(segmenter.volume.shape_kji, axis, i) for i in args.get("indices", range(n))]
-        encoded = 0
-        for count, index in enumerate(order, 1):
+        encoded, batch = 0, segmenter.batch_size()  # several slices per call on a GPU
+        for start in range(0, len(order), batch):
             if control.should_stop():
                 if segmenter.volume.digest not in self.volumes:  # closed meanwhile: keep nothing of it
                     self.cache.release(segmenter.volume.digest)
                 raise jobs.Cancelled(partial={"encoded": encoded})
-            if not segmenter.is_cached(axis, index):
-                segmenter.embedding(axis, index)
-                encoded += 1
-            control.post({"axis": axis, "index": index})
-            control.progress(count / len(order), f"Embedding slice {index} ({count} of {len(order)})")
+            chunk = order[start : start + batch]
+            encoded += segmenter.encode_slices(axis, chunk)
+            for index in chunk:
+                control.post({"axis": axis, "index": index})
+            count = start + len(chunk)
+            control.progress(count / len(order), f"Embedding slice {chunk[-1]} ({count} of {len(order)})")
         return {"encoded": encoded, "slices": len(order)}
 
     def op_learn(self, args: dict, control: jobs.JobControl) -> dict:
