@@ -8,7 +8,9 @@ On the bundled CT and MR:
   and >= 0.98), and the largest absolute difference between the embeddings;
 - propagation wall time (sliding window, CT liver from its largest axial slice, fresh caches) with torch and with
   the default runtime (goal <= 0.45x torch).
-GPU batches are measured where a GPU is present (``--device cuda``); none was on the machine of the README numbers.
+On a machine with CUDA also the GPU path: slices per second for batches of 1, 8 and 32 through
+``encode_batch`` (float16 autocast) and a bare float32 forward of the same batch (``gpu`` in the JSON; null
+without a GPU, as on the machine of the README numbers).
 
 Usage: python benchmarks/bench_encoder.py [--repeats 6] [--out benchmarks/results/encoder.json]
 """
@@ -86,6 +88,41 @@ def propagation_seconds(backend, volume, liver) -> tuple[float, int, np.ndarray]
     return time.perf_counter() - t, result.encoded, result.mask_kji
 
 
+def gpu_batches(repeats: int = 5) -> dict | None:
+    """Slices per second of ``encode_batch`` (float16) and of a bare float32 encoder forward, per batch size."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    backend = load_backend("litemedsam", device="cuda", runtime="torch")
+    image = np.zeros((256, 256, 3), np.uint8)
+    out = {}
+    for size in (1, 8, 32):
+        images = [image] * size
+        x = torch.cat([backend.preprocess(image)] * size)
+
+        def bare(x=x) -> None:
+            with torch.inference_mode():
+                backend.model.image_encoder(x)
+
+        rates = {}
+        for name, call in (
+            ("encode_batch_fp16", lambda images=images: backend.encode_batch(images)),
+            ("bare_fp32", bare),
+        ):
+            call()
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(repeats):
+                call()
+            torch.cuda.synchronize()
+            rates[name] = round(size * repeats / (time.perf_counter() - t), 2)
+        rates["ratio"] = round(rates["encode_batch_fp16"] / rates["bare_fp32"], 3)
+        out[str(size)] = rates
+    out["batch_size_chosen"] = backend.batch_size()
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=6, help="slices timed per runtime")
@@ -140,6 +177,7 @@ def main() -> int:
         "propagation_encoded": {name: p[1] for name, p in prop.items()},
         "propagation_ratio_default_vs_torch": round(prop[default][0] / prop["torch"][0], 3),
         "propagation_dice_default_vs_torch": round(dice(prop[default][2], prop["torch"][2]), 5),
+        "gpu": gpu_batches(),
     }
     return write_result(result, args.out)
 
