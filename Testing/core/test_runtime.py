@@ -73,25 +73,32 @@ def test_a_stale_or_corrupted_export_is_made_again(tmp_path, torch_backend):
 
 
 def test_an_onnx_encode_can_be_interrupted(ct_volume, onnx_backend):
+    """The worker's cancel: the encode in progress raises ``Cancelled`` (one that finishes just before the stop
+    returns its embedding; the attempt is then made again), and the encoder works afterwards."""
     image = Segmenter(ct_volume, onnx_backend).model_image(0, 50)
-    outcome = {}
+    results = []
+    for _attempt in range(5):
+        outcome: dict = {}
 
-    def encode() -> None:
-        outcome["ident"] = threading.get_ident()
-        try:
-            onnx_backend.encode(image)
-            outcome["result"] = "finished"
-        except jobs.Cancelled:
-            outcome["result"] = "cancelled"
+        def encode(outcome=outcome) -> None:
+            outcome["ident"] = threading.get_ident()
+            try:
+                onnx_backend.encode(image)
+                outcome["result"] = "finished"
+            except jobs.Cancelled:
+                outcome["result"] = "cancelled"
 
-    thread = threading.Thread(target=encode)
-    thread.start()
-    end = time.monotonic() + 5
-    while not onnx_backend.interrupt(outcome.get("ident")):  # retried until the run has started
-        assert time.monotonic() < end and thread.is_alive(), outcome
-        time.sleep(0.002)
-    thread.join(10)
-    assert outcome["result"] == "cancelled"
+        thread = threading.Thread(target=encode)
+        thread.start()
+        end = time.monotonic() + 5
+        while thread.is_alive() and not onnx_backend.interrupt(outcome.get("ident")):  # until the run started
+            assert time.monotonic() < end, outcome
+            time.sleep(0.002)
+        thread.join(10)
+        results.append(outcome["result"])
+        if outcome["result"] == "cancelled":
+            break
+    assert "cancelled" in results, results
     assert onnx_backend.encode(image).shape == onnx_backend.embedding_shape, "the encoder still works afterwards"
 
 
@@ -105,35 +112,43 @@ def test_bad_runtime_choices_are_refused_and_auto_picks_the_fastest_installed(to
 
 def test_a_preempted_onnx_encode_waits_for_the_users_request_then_finishes(ct_volume, onnx_backend):
     """What the worker does when a click arrives during a background encode: the encode stops, waits at the yield
-    point until the click is answered, then runs again and returns the same embedding."""
+    point until the click is answered, then runs again and returns the same embedding. (A preempt that comes as the
+    encode finishes changes nothing; the attempt is then made again.)"""
     image = Segmenter(ct_volume, onnx_backend).model_image(0, 60)
     expected = onnx_backend.encode(image)
-    click_done, waited, outcome = threading.Event(), threading.Event(), {}
+    preempted = 0
+    for _attempt in range(5):
+        click_done, waited, outcome = threading.Event(), threading.Event(), {}
 
-    def yield_point() -> None:
-        waited.set()
-        click_done.wait(10)
+        def yield_point(click_done=click_done, waited=waited) -> None:
+            waited.set()
+            click_done.wait(10)
 
-    onnx_backend.set_yield_point(yield_point)
-    try:
+        onnx_backend.set_yield_point(yield_point)
+        try:
 
-        def encode() -> None:
-            outcome["ident"] = threading.get_ident()
-            outcome["embedding"] = onnx_backend.encode(image)
+            def encode(outcome=outcome) -> None:
+                outcome["ident"] = threading.get_ident()
+                outcome["embedding"] = onnx_backend.encode(image)
 
-        thread = threading.Thread(target=encode)
-        thread.start()
-        end = time.monotonic() + 5
-        while not onnx_backend.interrupt(outcome.get("ident"), preempt=True):
-            assert time.monotonic() < end and thread.is_alive(), outcome
-            time.sleep(0.002)
-        assert waited.wait(5), "the preempted encode waits for the user's request"
-        assert thread.is_alive() and "embedding" not in outcome
-        click_done.set()
-        thread.join(10)
-        np.testing.assert_allclose(outcome["embedding"], expected, atol=1e-5)
-    finally:
-        onnx_backend.set_yield_point(lambda: None)
+            thread = threading.Thread(target=encode)
+            thread.start()
+            end = time.monotonic() + 5
+            while thread.is_alive() and not onnx_backend.interrupt(outcome.get("ident"), preempt=True):
+                assert time.monotonic() < end, outcome
+                time.sleep(0.002)
+            if waited.wait(2):
+                preempted += 1
+                assert thread.is_alive() and "embedding" not in outcome, "it waits for the user's request"
+            click_done.set()
+            thread.join(10)
+            np.testing.assert_allclose(outcome["embedding"], expected, atol=1e-5)
+        finally:
+            onnx_backend.set_yield_point(lambda: None)
+        if preempted:
+            break
+    assert preempted, "no encode was preempted in 5 attempts"
+    np.testing.assert_allclose(onnx_backend.encode(image), expected, atol=1e-5)  # the next run is not stopped
 
 
 def test_a_batched_encoder_call_gives_the_single_slice_embeddings(ct_volume, torch_backend):

@@ -151,12 +151,17 @@ class ExportedEncoder:
         self._active: dict[int, Any] = {}  # thread ident -> stop token of its encode in progress
         self._preempted: set[int] = set()  # threads whose encode was stopped to be run again
         self._preemptible: dict[int, bool] = {}
+        self._runners: dict[int, int] = {}  # thread ident -> id() of the runner of its encode in progress
+        self._stopped: set[int] = set()  # id() of runners that were stopped (replaced before their next run)
         self._lock = threading.Lock()
         self.runner()  # fail now, not at the first encode
 
     def runner(self) -> Any:
         runner = getattr(self._local, "runner", None)
-        if runner is None:
+        with self._lock:
+            stale = runner is not None and id(runner) in self._stopped
+            self._stopped.discard(id(runner))
+        if runner is None or stale:  # a stopped runner may carry the stop into its next run: a new one
             runner = self._local.runner = self._runner()
         return runner
 
@@ -187,6 +192,7 @@ class ExportedEncoder:
         ident = threading.get_ident()
         with self._lock:
             self._active[ident] = token
+            self._runners[ident] = id(runner)
             self._preemptible[ident] = preemptible
             self._preempted.discard(ident)
         stopped = False
@@ -216,6 +222,7 @@ class ExportedEncoder:
             else:
                 self._preempted.discard(thread_ident)
             token = self._active.pop(thread_ident)
+            self._stopped.add(self._runners.get(thread_ident, 0))
             self._stop(token)
         return True
 
