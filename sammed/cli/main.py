@@ -18,8 +18,9 @@ from . import evaluate
 from . import models
 from . import propagate
 from . import segment
+from . import serve
 
-COMMANDS = (segment, embed, assist, propagate, evaluate, models, cache, demo)
+COMMANDS = (segment, embed, assist, propagate, evaluate, models, cache, demo, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,167 @@
+"""``sammed serve``: the worker protocol over HTTP, so that one GPU machine serves many Slicer clients.
+
+One ``worker.server.WorkerServer`` (the same lanes, ops and cache as the local worker process) serves every client;
+``Hub`` gives each request a server-side id and keeps its replies until they are read. Endpoints (JSON; arrays
+travel inline as in ``docs/worker-protocol.md``):
+
+- ``GET /health`` (no token): protocol and package versions, model, device, cache use;
+- ``POST /v1/call`` ``{"op", "args"}``: an interactive op, answered with its final reply;
+- ``POST /v1/jobs`` ``{"op", "args"}``: a background op, answered with ``{"job": id}``;
+- ``GET /v1/jobs/{id}/events?after=N&wait=S``: the job's replies after the N-th, waiting up to S seconds;
+- ``POST /v1/jobs/{id}/cancel``.
+
+Every ``/v1`` request needs ``Authorization: Bearer <token>`` (compared in constant time). Status codes: 401 no or
+wrong token, 404 unknown job or volume, 413 a body over the upload limit, 422 bad input or a malformed request.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import threading
+import time
+
+from fastapi import Depends
+from fastapi import FastAPI
+from fastapi import Header
+from fastapi import HTTPException
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from .. import __version__
+from .. import jobs
+from ..worker import protocol
+from ..worker.ops import BACKGROUND_OPS
+from ..worker.ops import INTERACTIVE_OPS
+from ..worker.ops import WorkerState
+from ..worker.server import WorkerServer
+
+STATUS = {"bad_input": 422, "bad_request": 422, "unknown_op": 422, "unknown_volume": 404, "internal": 500}
+FINAL = ("done", "cancelled", "failed")
+
+
+class Hub:
+    """The shared worker and the replies of every request, by server-side request id."""
+
+    def __init__(self, state: WorkerState | None = None) -> None:
+        self._ids = itertools.count(1)
+        self._cond = threading.Condition()
+        self._replies: dict[int, list[dict]] = {}
+        self.server = WorkerServer(self._on_reply, protocol.ArrayCodec(None, "s"), state)
+
+    def _on_reply(self, message: dict) -> None:
+        with self._cond:
+            self._replies.setdefault(int(message.get("id", 0)), []).append(message)
+            self._cond.notify_all()
+
+    def submit(self, op: str, args: dict) -> int:
+        """Queue ``op`` (arrays in ``args`` inline); returns its id."""
+        rid = next(self._ids)
+        with self._cond:
+            self._replies[rid] = []
+        self.server.handle(protocol.to_line(protocol.request(rid, op, args)))
+        return rid
+
+    def known(self, rid: int) -> bool:
+        with self._cond:
+            return rid in self._replies
+
+    def replies(self, rid: int, after: int = 0, wait: float = 0.0) -> list[dict]:
+        """Replies of ``rid`` after the ``after``-th, waiting up to ``wait`` seconds for one (or for the final)."""
+        deadline = time.monotonic() + wait
+        with self._cond:
+            while len(self._replies.get(rid, [])) <= after and time.monotonic() < deadline:
+                self._cond.wait(max(deadline - time.monotonic(), 0.0))
+            return list(self._replies.get(rid, [])[after:])
+
+    def final(self, rid: int, timeout: float) -> dict:
+        """The final reply of ``rid`` (progress replies skipped); the request's replies are then forgotten."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for reply in self.replies(rid, seen, max(deadline - time.monotonic(), 0.0)):
+                seen += 1
+                if reply.get("kind") in FINAL:
+                    with self._cond:
+                        self._replies.pop(rid, None)
+                    return reply
+            if time.monotonic() >= deadline:
+                return protocol.reply(rid, "failed", error="The server did not answer in time.", type="internal")
+
+    def state_status(self) -> dict:
+        """What ``/health`` shows: model, device, runtime, cache use (no volume ids)."""
+        control = jobs.JobControl(lambda f, m: None, lambda p: None, lambda: False)
+        status = self.server.state.op_status({}, control)
+        return {k: status[k] for k in ("model", "device", "model_loaded", "runtime", "cache")}
+
+    def close(self) -> None:
+        self.server.close()
+
+
+class Api:
+    """The routes of ``create_app``: token check, body limit and parsing, status codes."""
+
+    def __init__(self, hub: Hub, token: str, max_upload_mb: float) -> None:
+        self.hub, self.token, self.max_upload_mb = hub, token, max_upload_mb
+        self.limit = int(max_upload_mb * (1 << 20))
+
+    def authorised(self, authorization: str = Header(default="")) -> None:
+        given = authorization[7:] if authorization.startswith("Bearer ") else ""
+        if not self.token or not hmac.compare_digest(given.encode(), self.token.encode()):
+            raise HTTPException(401, "A valid token is needed: Authorization: Bearer <token>.")
+
+    async def body(self, request: Request, kind: tuple[str, ...], other: str) -> dict:
+        """``{"op", "args"}`` of the request, ``op`` one of ``kind`` (413 over the limit, 422 malformed)."""
+        too_big = HTTPException(413, f"The request is larger than the upload limit ({self.max_upload_mb:g} MB).")
+        if int(request.headers.get("content-length") or 0) > self.limit:
+            raise too_big
+        raw = await request.body()
+        if len(raw) > self.limit:
+            raise too_big
+        try:
+            message = protocol.parse_line(b'{"v": 1, "request": ' + raw + b"}")["request"]
+        except protocol.ProtocolError as exc:
+            raise HTTPException(422, str(exc)) from None
+        if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+            raise HTTPException(422, 'The body must be {"op": name, "args": {...}}.')
+        if message["op"] not in kind:
+            raise HTTPException(422, f"'{message['op']}' is not an op of this endpoint; use {other}.")
+        return message
+
+    def job(self, job: int) -> int:
+        if not self.hub.known(job):
+            raise HTTPException(404, f"No job {job} on this server.")
+        return job
+
+    def health(self) -> dict:
+        return {"status": "ok", "protocol": protocol.PROTOCOL_VERSION, "sammed": __version__, **self.hub.state_status()}
+
+    async def call(self, request: Request) -> JSONResponse:
+        message = await self.body(request, INTERACTIVE_OPS, "/v1/jobs for background ops")
+        reply = self.hub.final(self.hub.submit(message["op"], message.get("args") or {}), 600.0)
+        status = 200 if reply.get("kind") == "done" else STATUS.get(str(reply.get("type")), 409)
+        return JSONResponse(reply, status_code=status)
+
+    async def start(self, request: Request) -> dict:
+        message = await self.body(request, BACKGROUND_OPS, "/v1/call for interactive ops")
+        return {"job": self.hub.submit(message["op"], message.get("args") or {})}
+
+    def events(self, job: int, after: int = 0, wait: float = 0.0) -> dict:
+        return {"events": self.hub.replies(self.job(job), max(after, 0), min(max(wait, 0.0), 30.0))}
+
+    def cancel(self, job: int) -> dict:
+        return {"cancelled": self.hub.server.cancel(self.job(job))}
+
+
+def create_app(token: str, state: WorkerState | None = None, max_upload_mb: float = 1024.0) -> FastAPI:
+    """The FastAPI application (``sammed serve`` runs it with uvicorn); ``app.state.hub`` is its ``Hub``."""
+    app = FastAPI(title="SAMMed server", version=__version__, description=__doc__)
+    api = Api(Hub(state), token, max_upload_mb)
+    app.state.hub = api.hub
+    secured = [Depends(api.authorised)]
+    app.add_api_route("/health", api.health, methods=["GET"])
+    app.add_api_route("/v1/call", api.call, methods=["POST"], dependencies=secured)
+    app.add_api_route("/v1/jobs", api.start, methods=["POST"], dependencies=secured)
+    app.add_api_route("/v1/jobs/{job}/events", api.events, methods=["GET"], dependencies=secured)
+    app.add_api_route("/v1/jobs/{job}/cancel", api.cancel, methods=["POST"], dependencies=secured)
+    return app
