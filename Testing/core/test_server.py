@@ -96,3 +96,59 @@ def test_the_token_file_is_made_once_and_private(tmp_path):
     path.chmod(0o644)
     with pytest.raises(ValueError, match="chmod 600"):
         read_or_make_token(path)
+
+
+@pytest.fixture
+def live_server():
+    """A real server on 127.0.0.1 (uvicorn in a thread) with the analytic model: (url, app)."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(TOKEN, WorkerState(backend_factory=lambda model, device, runtime: FakeBackend()))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    end = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < end, "the server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}", app
+    server.should_exit = True
+    thread.join(10)
+    app.state.hub.close()
+
+
+def test_remote_segmenter_works_against_a_real_server_and_opens_its_volume_again(live_server):
+    """The segmenter of the Slicer modules over HTTP: a box gives the mask, a job streams its slices, and after the
+    server lost the volume (a restart) the client opens it again by digest and goes on."""
+    from sammed.prompts import Prompts
+    from sammed.server.client import HttpWorkerClient
+    from sammed.worker.client import WorkerError
+    from sammed.worker.remote import RemoteSegmenter
+
+    url, app = live_server
+    array = np.zeros((12, 40, 48), np.int16)
+    array[2:10, 10:30, 12:36] = 200
+    segmenter = RemoteSegmenter(HttpWorkerClient(url, TOKEN), Volume(array, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0)))
+    box = Prompts.make(box_xyxy=[10, 8, 37, 31])
+    assert segmenter.segment(0, 5, box).mask_hw.sum() == 20 * 24 and segmenter.lastEncoded
+    assert segmenter.segment(0, 5, box).mask_hw.sum() == 20 * 24 and not segmenter.lastEncoded
+
+    client = segmenter.client
+    rid = segmenter.precompute(0, [3, 4, 6])
+    event = client.wait(rid, 20)
+    assert event.kind == "done" and event.result["encoded"] == 3
+
+    app.state.hub.server.state.op_close_volume({"volume": segmenter.volume.digest}, None)  # as after a restart
+    assert segmenter.segment(0, 7, box).mask_hw.any(), "opened again by digest"
+
+    with pytest.raises(WorkerError, match="cannot be reached"):
+        HttpWorkerClient("http://127.0.0.1:9", TOKEN, timeout=2).call("hello")
+    with pytest.raises(WorkerError):
+        HttpWorkerClient(url, "wrong").call("hello")
