@@ -85,6 +85,8 @@ def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(client):
     assert client.post("/v1/call", json={"op": "open_volume", "args": four_d}).status_code == 422
     assert client.get("/v1/jobs/999/events").status_code == 404
     assert client.post("/v1/call", content=b"x" * (2 << 20)).status_code == 413
+    assert client.post("/v1/call", json={"op": "configure", "args": {"model": "sam_vit_h"}}).status_code == 403
+    assert client.post("/v1/jobs", json={"op": "download", "args": {"model": "sam_vit_h"}}).status_code == 403
     assert client.post("/v1/call", json={"op": "hello"}).status_code == 200
 
 
@@ -152,3 +154,30 @@ def test_remote_segmenter_works_against_a_real_server_and_opens_its_volume_again
         HttpWorkerClient("http://127.0.0.1:9", TOKEN, timeout=2).call("hello")
     with pytest.raises(WorkerError):
         HttpWorkerClient(url, "wrong").call("hello")
+
+
+def test_sammed_segment_with_server_asks_the_server(live_server, tmp_path, capsys):
+    import json
+
+    import SimpleITK as sitk
+
+    from sammed.cli.main import main
+    from sammed.io import read_volume
+
+    url, _app = live_server
+    array = np.zeros((12, 40, 48), np.int16)
+    array[2:10, 10:30, 12:36] = 200
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((2.0, 1.0, 1.0))
+    sitk.WriteImage(image, str(tmp_path / "cube.nii.gz"))
+    (tmp_path / "token").write_text(TOKEN)
+    (tmp_path / "token").chmod(0o600)
+    args = ["segment", str(tmp_path / "cube.nii.gz"), "--axis", "0", "--slice", "5", "--box", "10,8,37,31"]
+    args += ["-o", str(tmp_path / "mask.nii.gz"), "--server", url, "--token-file", str(tmp_path / "token")]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["pixels"] == 20 * 24
+    assert read_volume(tmp_path / "mask.nii.gz").array_kji.sum() == 20 * 24
+    windowed = [*args[:-5], str(tmp_path / "other.nii.gz"), "--server", url, "--token-file", str(tmp_path / "token")]
+    assert main([*windowed, "--level", "40", "--width", "400"]) == 2
+    assert "drop --checkpoint/--level/--width" in capsys.readouterr().err

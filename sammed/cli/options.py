@@ -170,10 +170,51 @@ def make_mapping(args: argparse.Namespace, volume: Any) -> Any:
     return mapping_for(volume.array_kji, args.preset, args.level, args.width)
 
 
+def add_server_args(p: argparse.ArgumentParser) -> None:
+    """--server, --token-file: do the model work on a ``sammed serve`` machine."""
+    g = p.add_argument_group("server")
+    g.add_argument("--server", metavar="URL", help="a sammed serve server, e.g. http://gpu-server:8000 (its model)")
+    g.add_argument(
+        "--token-file", help="the server's token (default: $SAMMED_TOKEN, else ~/.cache/sammed/server-token)"
+    )
+
+
+def server_client(args: argparse.Namespace) -> Any:
+    """The ``HttpWorkerClient`` of ``--server`` (None without it).
+
+    Raises:
+        ValueError: options the server decides (--checkpoint, --level/--width), or no token.
+    """
+    import os
+
+    from ..models import sammed_home
+    from ..server.client import HttpWorkerClient
+
+    if not getattr(args, "server", None):
+        return None
+    if args.checkpoint or args.level is not None or args.width is not None:
+        raise ValueError(
+            "With --server the server's model and the --preset windows are used: drop --checkpoint/--level/--width."
+        )
+    token = os.environ.get("SAMMED_TOKEN", "")
+    path = Path(args.token_file) if args.token_file else sammed_home() / "server-token"
+    if not token and path.exists():
+        token = path.read_text(encoding="utf-8").strip()
+    if not token:
+        raise ValueError(f"No token for {args.server}: give --token-file, set SAMMED_TOKEN, or copy it to {path}.")
+    return HttpWorkerClient(args.server, token)
+
+
 def make_segmenter(args: argparse.Namespace, volume: Any, mapping: Any = None) -> Any:
-    """A ``Segmenter`` on ``volume`` with the arguments' model, intensity mapping and cache."""
+    """A ``Segmenter`` on ``volume`` with the arguments' model, intensity mapping and cache; with ``--server`` a
+    ``RemoteSegmenter`` that asks that server (its model, the arguments' preset)."""
     from ..segmenter import Segmenter
 
+    client = server_client(args)
+    if client is not None:
+        from ..worker.remote import RemoteSegmenter
+
+        return RemoteSegmenter(client, volume, args.preset or "auto")
     return Segmenter(volume, make_backend(args), mapping or make_mapping(args, volume), make_cache(args))
 
 

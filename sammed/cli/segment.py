@@ -9,6 +9,7 @@ import numpy as np
 
 from ..prompts import Prompts
 from .options import add_common_args
+from .options import add_server_args
 from .options import check_label_value
 from .options import check_model_choice
 from .options import label_dtype
@@ -32,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="segment", help="segment name (for .seg.nrrd)")
     p.add_argument("-o", "--output", required=True, help="label map: .nii.gz, .nrrd, .seg.nrrd, .mha")
     add_common_args(p)
+    add_server_args(p)
     p.set_defaults(func=run)
 
 
@@ -69,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     index = geometry.check_index(volume.shape_kji, axis, args.slice)
     prompts.checked(geometry.slice_shape(volume.shape_kji, axis))
     mapping = make_mapping(args, volume)
-    check_model_choice(args)
+    if not getattr(args, "server", None):
+        check_model_choice(args)
     s = geometry.extract_slice(volume.array_kji, axis, index)
     if s.min() == s.max():
         raise ValueError(empty_slice_message(axis, index))

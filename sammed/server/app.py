@@ -11,7 +11,8 @@ travel inline as in ``docs/worker-protocol.md``):
 - ``POST /v1/jobs/{id}/cancel``.
 
 Every ``/v1`` request needs ``Authorization: Bearer <token>`` (compared in constant time). Status codes: 401 no or
-wrong token, 404 unknown job or volume, 413 a body over the upload limit, 422 bad input or a malformed request.
+wrong token, 403 an op only the server's administrator decides (model, device, downloads: ``sammed serve``'s
+options), 404 unknown job or volume, 413 a body over the upload limit, 422 bad input or a malformed request.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ..worker.ops import INTERACTIVE_OPS
 from ..worker.ops import WorkerState
 from ..worker.server import WorkerServer
 
+SERVER_ONLY = ("configure", "download", "shutdown")  # decided by whoever runs the server, not by its clients
 STATUS = {"bad_input": 422, "bad_request": 422, "unknown_op": 422, "unknown_volume": 404, "internal": 500}
 FINAL = ("done", "cancelled", "failed")
 
@@ -124,6 +126,8 @@ class Api:
             raise HTTPException(422, str(exc)) from None
         if not isinstance(message, dict) or not isinstance(message.get("op"), str):
             raise HTTPException(422, 'The body must be {"op": name, "args": {...}}.')
+        if message["op"] in SERVER_ONLY:
+            raise HTTPException(403, f"'{message['op']}' is decided by the server's administrator, not by clients.")
         if message["op"] not in kind:
             raise HTTPException(422, f"'{message['op']}' is not an op of this endpoint; use {other}.")
         return message

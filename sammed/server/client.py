@@ -70,8 +70,8 @@ class HttpWorkerClient:
         """Nothing to start (the server runs); settings are sent with ``configure``."""
 
     def configure(self, **settings: Any) -> None:
+        """Kept, not sent: the server's model, device and cache are its administrator's choice."""
         self.settings.update({k: v for k, v in settings.items() if v is not None})
-        self.call("configure", self.settings)
 
     def submit(self, op: str, args: dict | None = None) -> int:
         """Send ``op``; its replies come from ``drain``. Returns a local request id."""
