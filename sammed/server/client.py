@@ -10,7 +10,6 @@ collects without waiting. Standard library only (``urllib``); arrays travel inli
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from collections import deque
@@ -19,11 +18,12 @@ from typing import Any
 from ..jobs import WorkerEvent
 from ..worker import protocol
 from ..worker.client import FINAL_KINDS
+from ..worker.client import Replies
 from ..worker.client import WorkerError
 from ..worker.ops import INTERACTIVE_OPS
 
 
-class HttpWorkerClient:
+class HttpWorkerClient(Replies):
     """A client of one ``sammed serve`` server.
 
     Args:
@@ -120,31 +120,6 @@ class HttpWorkerClient:
                 if reply.get("kind") in FINAL_KINDS:
                     self._pending.pop(rid, None)
         return events
-
-    def wait(self, rid: int, timeout: float = 60.0) -> WorkerEvent:
-        """Block until request ``rid`` has its final reply (other replies kept for ``drain``)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = None
-            for event in self.drain():
-                if event.jobId == rid and event.kind in FINAL_KINDS and found is None:
-                    found = event
-                else:
-                    self._backlog.append(event)
-            if found is not None:
-                return found
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"The server did not answer request {rid} within {timeout:.0f} s.")
-            time.sleep(0.05)
-
-    def call(self, op: str, args: dict | None = None, timeout: float = 120.0) -> Any:
-        """Send a request and return its result (``ValueError`` for bad input, ``WorkerError`` otherwise)."""
-        event = self.wait(self.submit(op, args), timeout)
-        if event.kind == "done":
-            return event.result
-        if event.errorType == "bad_input":
-            raise ValueError(event.error)
-        raise WorkerError(event.error or event.kind, event.errorType or event.kind)
 
     def cancel(self, job_id: int | None = None) -> int:
         """Cancel one job (or all of this client's)."""

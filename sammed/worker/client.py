@@ -67,7 +67,57 @@ def default_command() -> list[str]:
     return [sys.executable, "-m", "sammed.worker"]
 
 
-class WorkerClient:
+class Replies:
+    """Waiting for one request's final reply on top of a client's ``drain`` (replies of other requests are kept in
+    ``_backlog`` for the next ``drain``); shared by ``WorkerClient`` and the HTTP client of ``sammed.server``."""
+
+    _backlog: deque[WorkerEvent]
+
+    def drain(self) -> list[WorkerEvent]:
+        raise NotImplementedError
+
+    def submit(self, op: str, args: dict | None = None) -> int:
+        raise NotImplementedError
+
+    def _sleep(self, deadline: float) -> None:
+        time.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
+
+    def wait(self, rid: int, timeout: float = 60.0) -> WorkerEvent:
+        """Block until request ``rid`` has its final reply (other replies are kept for ``drain``).
+
+        Raises:
+            TimeoutError: no final reply in ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            found = None
+            for event in self.drain():
+                if event.jobId == rid and event.kind in FINAL_KINDS and found is None:
+                    found = event
+                else:
+                    self._backlog.append(event)
+            if found is not None:
+                return found
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"The worker did not answer request {rid} within {timeout:.0f} s.")
+            self._sleep(deadline)
+
+    def call(self, op: str, args: dict | None = None, timeout: float = 120.0) -> Any:
+        """Send a request and wait for its result.
+
+        Raises:
+            ValueError: the worker refused the input (a message for the user).
+            WorkerError: the request failed otherwise, was cancelled, or the worker stopped.
+        """
+        event = self.wait(self.submit(op, args), timeout)
+        if event.kind == "done":
+            return event.result
+        if event.errorType == "bad_input":
+            raise ValueError(event.error)
+        raise WorkerError(event.error or event.kind, event.errorType or event.kind)
+
+
+class WorkerClient(Replies):
     """One worker process, started on the first request.
 
     Args:
@@ -323,26 +373,6 @@ class WorkerClient:
         text = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
         return "\n".join(text[-lines:])
 
-    def wait(self, rid: int, timeout: float = 60.0) -> WorkerEvent:
-        """Block until request ``rid`` has its final reply (other replies are kept for ``drain``).
-
-        Raises:
-            TimeoutError: no final reply in ``timeout`` seconds.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            found = None
-            for event in self.drain():
-                if event.jobId == rid and event.kind in FINAL_KINDS and found is None:
-                    found = event
-                else:
-                    self._backlog.append(event)
-            if found is not None:
-                return found
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"The worker did not answer request {rid} within {timeout:.0f} s.")
-            self._sleep(deadline)
-
     def _sleep(self, deadline: float) -> None:
         if self._proc is not None and os.name != "nt":
             import select
@@ -352,20 +382,6 @@ class WorkerClient:
                 select.select([stdout], [], [], min(0.05, max(deadline - time.monotonic(), 0)))
         else:
             time.sleep(0.002)
-
-    def call(self, op: str, args: dict | None = None, timeout: float = 120.0) -> Any:
-        """Send a request and wait for its result.
-
-        Raises:
-            ValueError: the worker refused the input (a message for the user).
-            WorkerError: the request failed otherwise, was cancelled, or the worker stopped.
-        """
-        event = self.wait(self.submit(op, args), timeout)
-        if event.kind == "done":
-            return event.result
-        if event.errorType == "bad_input":
-            raise ValueError(event.error)
-        raise WorkerError(event.error or event.kind, event.errorType or event.kind)
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Block until no request waits (replies kept for ``drain``); False on timeout."""
