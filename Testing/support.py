@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -15,3 +21,28 @@ def require(module: str, hint: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         pytest.fail(f"{module} is missing ({exc}); {hint}", pytrace=False)
+
+
+@contextmanager
+def live_server(token: str, state: Any) -> Iterator[tuple[str, Any]]:
+    """A real ``sammed serve`` app on 127.0.0.1 (uvicorn in a thread) around ``state``: yields (url, app)."""
+    uvicorn = require("uvicorn", "the server tests need uvicorn: run bash scripts/test.sh")
+    from sammed.server.app import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(token, state)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    end = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < end, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        app.state.hub.close()

@@ -102,28 +102,11 @@ def test_the_token_file_is_made_once_and_private(tmp_path):
 
 @pytest.fixture
 def live_server():
-    """A real server on 127.0.0.1 (uvicorn in a thread) with the analytic model: (url, app)."""
-    import socket
-    import threading
-    import time
+    """A real server on 127.0.0.1 with the analytic model: (url, app)."""
+    from support import live_server as serve
 
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app(TOKEN, WorkerState(backend_factory=lambda model, device, runtime: FakeBackend()))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    end = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < end, "the server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", app
-    server.should_exit = True
-    thread.join(10)
-    app.state.hub.close()
+    with serve(TOKEN, WorkerState(backend_factory=lambda model, device, runtime: FakeBackend())) as running:
+        yield running
 
 
 def test_remote_segmenter_works_against_a_real_server_and_opens_its_volume_again(live_server):
