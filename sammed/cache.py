@@ -173,8 +173,12 @@ class EmbeddingCache:
             return emb
         return None
 
-    def put(self, key: CacheKey, embedding: np.ndarray) -> np.ndarray:
-        """Store ``embedding`` as float16 (memory, then disk if usable) and return the stored array."""
+    def put(self, key: CacheKey, embedding: np.ndarray, encoded: bool = False) -> np.ndarray:
+        """Store as float16 (memory, then disk if usable); return it. ``encoded``: just computed (counted per slice)."""
+        if encoded:
+            with self._lock:
+                self.stats.encodes += 1
+                self.stats.per_key_encodes[key] = self.stats.per_key_encodes.get(key, 0) + 1
         emb16 = np.ascontiguousarray(embedding, dtype=np.float16)
         emb16.setflags(write=False)
         self._put_memory(key, emb16)
@@ -202,11 +206,7 @@ class EmbeddingCache:
             try:
                 with self._lock:
                     self.stats.misses += 1
-                emb = compute()
-                with self._lock:
-                    self.stats.encodes += 1
-                    self.stats.per_key_encodes[key] = self.stats.per_key_encodes.get(key, 0) + 1
-                return self.put(key, emb)
+                return self.put(key, compute(), encoded=True)
             finally:
                 with self._lock:
                     self._inflight.pop(key, None)

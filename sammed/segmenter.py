@@ -222,18 +222,25 @@ class Segmenter:
         size = getattr(self.backend, "batch_size", None)
         return max(int(size()), 1) if callable(size) else 1
 
-    def encode_slices(self, axis: int, indices: list[int]) -> int:
+    def encode_slices(self, axis: int, indices: list[int], join: bool = True) -> int:
         """Encode the slices of ``indices`` not cached yet in one encoder call (``backend.encode_batch``; one by
-        one without it) and cache them. Returns how many were encoded."""
+        one without it) and cache them. Returns how many were encoded.
+
+        Args:
+            join: a single slice that another thread is encoding is awaited (``embedding``: one encode per slice);
+                False encodes it here regardless (the worker's interactive lane, which must not wait for the
+                background lane it has paused).
+        """
         todo = [int(i) for i in indices if not self.is_cached(axis, i)]
-        if len(todo) <= 1 or not hasattr(self.backend, "encode_batch"):
+        batch = getattr(self.backend, "encode_batch", None)
+        if join and (len(todo) <= 1 or batch is None):
             for i in todo:
                 self.embedding(axis, i)
             return len(todo)
-        embeddings = self.backend.encode_batch([self.model_image(axis, i) for i in todo])
+        images = [self.model_image(axis, i) for i in todo]
+        embeddings = batch(images) if batch is not None else [self.backend.encode(image) for image in images]
         for i, embedding in zip(todo, embeddings, strict=True):
-            self.cache.put(self.key(axis, i), embedding)
-        self.cache.stats.encodes += len(todo)
+            self.cache.put(self.key(axis, i), embedding, encoded=True)
         return len(todo)
 
     # ------------------------------------------------------------------ decoding

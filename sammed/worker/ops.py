@@ -209,12 +209,9 @@ class WorkerState:
         never end. Returns True when it encoded."""
         axis = geometry.check_axis(axis)
         index = geometry.check_index(segmenter.volume.shape_kji, axis, index)
-        if segmenter.slice_is_empty(axis, index) or segmenter.cache.get(segmenter.key(axis, index)) is not None:
+        if segmenter.slice_is_empty(axis, index):
             return False
-        embedding = segmenter.backend.encode(segmenter.model_image(axis, index))
-        segmenter.cache.put(segmenter.key(axis, index), embedding)
-        segmenter.cache.stats.encodes += 1
-        return True
+        return segmenter.encode_slices(axis, [index], join=False) == 1
 
     def op_encode(self, args: dict, control: jobs.JobControl) -> dict:
         """Encode the slice a user prompts on now, ahead of any background work (``axis``, ``index``)."""
