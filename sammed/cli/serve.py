@@ -8,6 +8,8 @@ import os
 import secrets
 from pathlib import Path
 
+from ..models import RUNTIMES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the command to ``sammed``'s subparsers."""
@@ -16,9 +18,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     p.add_argument("--model", default="litemedsam", help="model id (see `sammed models`)")
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES, help="image encoder runtime (see sammed segment -h)")
     p.add_argument("--token-file", type=Path, help="bearer token file (made on first start, readable by you only)")
     p.add_argument("--max-upload-mb", type=float, default=1024.0, help="largest request body (default 1024 MB)")
     p.add_argument("--cache-gb", type=float, default=4.0, help="memory bound of the embedding cache (default 4 GB)")
+    p.add_argument(
+        "--volumes-gb",
+        type=float,
+        default=8.0,
+        help="memory bound of the volumes held (default 8 GB; the least recently used is dropped, its client sends it "
+        "again when it comes back)",
+    )
+    p.add_argument(
+        "--job-lease-s",
+        type=float,
+        default=60.0,
+        help="cancel a job whose client has not asked for it in this many seconds (default 60)",
+    )
+    p.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM); or put a reverse proxy in front")
+    p.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
     p.set_defaults(func=run)
 
 
@@ -65,7 +83,13 @@ def run(args: argparse.Namespace) -> int:
     if not loopback and not token:
         raise ValueError("Refusing to listen on a non-loopback address without a token.")
     state = WorkerState(cache=EmbeddingCache(max_bytes=int(args.cache_gb * (1 << 30))))
-    state.model_id, state.device = args.model, args.device
-    print(f"SAMMed server on http://{args.host}:{args.port}; token in {token_file}")
-    uvicorn.run(create_app(token, state, args.max_upload_mb), host=args.host, port=args.port, log_level="info")
+    state.model_id, state.device, state.runtime = args.model, args.device, args.runtime
+    state.max_volume_bytes = int(args.volumes_gb * (1 << 30))
+    scheme = "https" if args.ssl_certfile else "http"
+    print(f"SAMMed server on {scheme}://{args.host}:{args.port}; token in {token_file}")
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        raise ValueError("HTTPS needs both --ssl-certfile and --ssl-keyfile.")
+    app = create_app(token, state, args.max_upload_mb, args.job_lease_s)
+    tls = {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile} if args.ssl_certfile else {}
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", **tls)
     return 0

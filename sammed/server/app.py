@@ -10,6 +10,11 @@ travel inline as in ``docs/worker-protocol.md``):
 - ``GET /v1/jobs/{id}/events?after=N&wait=S``: the job's replies after the N-th, waiting up to S seconds;
 - ``POST /v1/jobs/{id}/cancel``.
 
+A client that stops asking for a job's events (it was closed, killed or lost its network) is gone: after
+``job_lease_s`` seconds without a poll its job is cancelled and its replies are forgotten (``Hub.reap``), so the
+server neither works nor keeps results for nobody. Waiting for an interactive reply happens in a worker thread
+(``run_in_threadpool``), never on the event loop, so one client's slow request does not hold up the others.
+
 Every ``/v1`` request needs ``Authorization: Bearer <token>`` (compared in constant time). Status codes: 401 no or
 wrong token, 403 an op only the server's administrator decides (model, device, downloads: ``sammed serve``'s
 options), 404 unknown job or volume, 413 a body over the upload limit, 422 bad input or a malformed request.
@@ -28,6 +33,7 @@ from fastapi import Header
 from fastapi import HTTPException
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from .. import jobs
@@ -43,24 +49,40 @@ FINAL = ("done", "cancelled", "failed")
 
 
 class Hub:
-    """The shared worker and the replies of every request, by server-side request id."""
+    """The shared worker and the replies of every request, by server-side request id.
 
-    def __init__(self, state: WorkerState | None = None) -> None:
+    Args:
+        state: the worker state (model, cache, volumes); None: a default one.
+        job_lease_s: a background job whose events nobody asked for in this many seconds is cancelled and
+            forgotten (its client is gone).
+    """
+
+    def __init__(self, state: WorkerState | None = None, job_lease_s: float = 60.0) -> None:
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
         self._replies: dict[int, list[dict]] = {}
+        self._polled: dict[int, float] = {}  # background job -> when its client last asked for it
+        self.job_lease_s = float(job_lease_s)
+        self.reaped = 0
         self.server = WorkerServer(self._on_reply, protocol.ArrayCodec(None, "s"), state)
+        self._closing = threading.Event()
+        self._reaper = threading.Thread(target=self._reap_loop, name="sammed-reaper", daemon=True)
+        self._reaper.start()
 
     def _on_reply(self, message: dict) -> None:
         with self._cond:
-            self._replies.setdefault(int(message.get("id", 0)), []).append(message)
-            self._cond.notify_all()
+            replies = self._replies.get(int(message.get("id", 0)))
+            if replies is not None:  # a forgotten request's late reply is dropped, not kept for nobody
+                replies.append(message)
+                self._cond.notify_all()
 
-    def submit(self, op: str, args: dict) -> int:
-        """Queue ``op`` (arrays in ``args`` inline); returns its id."""
+    def submit(self, op: str, args: dict, job: bool = False) -> int:
+        """Queue ``op`` (arrays in ``args`` inline); returns its id. ``job``: a background job under the lease."""
         rid = next(self._ids)
         with self._cond:
             self._replies[rid] = []
+            if job:
+                self._polled[rid] = time.monotonic()
         self.server.handle(protocol.to_line(protocol.request(rid, op, args)))
         return rid
 
@@ -74,7 +96,26 @@ class Hub:
         with self._cond:
             while len(self._replies.get(rid, [])) <= after and time.monotonic() < deadline:
                 self._cond.wait(max(deadline - time.monotonic(), 0.0))
+            if rid in self._polled:
+                self._polled[rid] = time.monotonic()
             return list(self._replies.get(rid, [])[after:])
+
+    def reap(self, now: float | None = None) -> list[int]:
+        """Cancel and forget the jobs nobody polled for ``job_lease_s`` seconds; returns their ids."""
+        now = time.monotonic() if now is None else now
+        with self._cond:
+            stale = [rid for rid, seen in self._polled.items() if now - seen > self.job_lease_s]
+            for rid in stale:
+                self._polled.pop(rid)
+                self._replies.pop(rid, None)
+        for rid in stale:
+            self.server.cancel(rid)  # 0 when it had ended: then only its replies were dropped
+        self.reaped += len(stale)
+        return stale
+
+    def _reap_loop(self) -> None:
+        while not self._closing.wait(min(max(self.job_lease_s / 4, 0.05), 5.0)):
+            self.reap()
 
     def final(self, rid: int, timeout: float) -> dict:
         """The final reply of ``rid`` (progress replies skipped); the request's replies are then forgotten."""
@@ -97,6 +138,7 @@ class Hub:
         return {k: status[k] for k in ("model", "device", "model_loaded", "runtime", "cache")}
 
     def close(self) -> None:
+        self._closing.set()
         self.server.close()
 
 
@@ -142,13 +184,14 @@ class Api:
 
     async def call(self, request: Request) -> JSONResponse:
         message = await self.body(request, INTERACTIVE_OPS, "/v1/jobs for background ops")
-        reply = self.hub.final(self.hub.submit(message["op"], message.get("args") or {}), 600.0)
+        rid = self.hub.submit(message["op"], message.get("args") or {})
+        reply = await run_in_threadpool(self.hub.final, rid, 600.0)
         status = 200 if reply.get("kind") == "done" else STATUS.get(str(reply.get("type")), 409)
         return JSONResponse(reply, status_code=status)
 
     async def start(self, request: Request) -> dict:
         message = await self.body(request, BACKGROUND_OPS, "/v1/call for interactive ops")
-        return {"job": self.hub.submit(message["op"], message.get("args") or {})}
+        return {"job": self.hub.submit(message["op"], message.get("args") or {}, job=True)}
 
     def events(self, job: int, after: int = 0, wait: float = 0.0) -> dict:
         return {"events": self.hub.replies(self.job(job), max(after, 0), min(max(wait, 0.0), 30.0))}
@@ -157,10 +200,12 @@ class Api:
         return {"cancelled": self.hub.server.cancel(self.job(job))}
 
 
-def create_app(token: str, state: WorkerState | None = None, max_upload_mb: float = 1024.0) -> FastAPI:
+def create_app(
+    token: str, state: WorkerState | None = None, max_upload_mb: float = 1024.0, job_lease_s: float = 60.0
+) -> FastAPI:
     """The FastAPI application (``sammed serve`` runs it with uvicorn); ``app.state.hub`` is its ``Hub``."""
     app = FastAPI(title="SAMMed server", version=__version__, description=__doc__)
-    api = Api(Hub(state), token, max_upload_mb)
+    api = Api(Hub(state, job_lease_s), token, max_upload_mb)
     app.state.hub = api.hub
     secured = [Depends(api.authorised)]
     app.add_api_route("/health", api.health, methods=["GET"])

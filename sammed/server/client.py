@@ -4,7 +4,10 @@ the Slicer modules and the command line) work with a shared server as with the l
 Same surface as ``worker.client.WorkerClient`` where ``RemoteSegmenter`` uses it: ``start``, ``generation``,
 ``configure``, ``submit``, ``drain``, ``call``, ``wait``, ``cancel``, ``pending``, ``busy``, ``alive``. Interactive
 ops are sent at once (their reply kept for ``drain``); background ops become server jobs whose events ``drain``
-collects without waiting. Standard library only (``urllib``); arrays travel inline.
+collects without waiting. Standard library only (``urllib``; ``https://`` URLs are verified against the system's
+certificates); arrays travel inline. Every request about a volume, a job's polls included, carries the header
+``X-SAMMed-Volume: <digest>``, the key a load balancer in front of several servers keeps sessions on
+(``docs/server.md``).
 """
 
 from __future__ import annotations
@@ -40,16 +43,18 @@ class HttpWorkerClient(Replies):
         self.settings: dict[str, Any] = {}
         self._codec = protocol.ArrayCodec(None, "c")
         self._ids = 0
-        self._pending: dict[int, tuple[str, int | None]] = {}  # local id -> (op, server job id or None)
+        self._pending: dict[int, tuple[str, int, str]] = {}  # local id -> (op, server job id, volume digest)
         self._seen: dict[int, int] = {}  # local id -> events read so far
         self._backlog: deque[WorkerEvent] = deque()
 
     # ------------------------------------------------------------------ HTTP
-    def _http(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    def _http(self, method: str, path: str, body: dict | None = None, volume: str = "") -> tuple[int, dict]:
         data = None if body is None else json.dumps(self._codec.dump(body), allow_nan=False).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method)
         request.add_header("Authorization", f"Bearer {self.token}")
         request.add_header("Content-Type", "application/json")
+        if volume:
+            request.add_header("X-SAMMed-Volume", volume)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return response.status, json.loads(response.read() or b"{}")
@@ -77,15 +82,16 @@ class HttpWorkerClient(Replies):
         """Send ``op``; its replies come from ``drain``. Returns a local request id."""
         self._ids += 1
         rid = self._ids
+        volume = str((args or {}).get("volume", ""))
         if op in INTERACTIVE_OPS:
-            status, reply = self._http("POST", "/v1/call", {"op": op, "args": args or {}})
+            status, reply = self._http("POST", "/v1/call", {"op": op, "args": args or {}}, volume)
             self._backlog.append(self._event(rid, op, reply, status))
             return rid
-        status, reply = self._http("POST", "/v1/jobs", {"op": op, "args": args or {}})
+        status, reply = self._http("POST", "/v1/jobs", {"op": op, "args": args or {}}, volume)
         if status != 200:
             self._backlog.append(self._event(rid, op, reply, status))
             return rid
-        self._pending[rid] = (op, int(reply["job"]))
+        self._pending[rid] = (op, int(reply["job"]), volume)
         self._seen[rid] = 0
         return rid
 
@@ -108,8 +114,8 @@ class HttpWorkerClient(Replies):
         """Replies since the last call: interactive results, and each job's new events (one short poll per job)."""
         events = list(self._backlog)
         self._backlog.clear()
-        for rid, (op, job) in list(self._pending.items()):
-            status, body = self._http("GET", f"/v1/jobs/{job}/events?after={self._seen[rid]}&wait=0")
+        for rid, (op, job, volume) in list(self._pending.items()):
+            status, body = self._http("GET", f"/v1/jobs/{job}/events?after={self._seen[rid]}&wait=0", None, volume)
             if status != 200:
                 events.append(self._event(rid, op, body, status))
                 self._pending.pop(rid, None)
@@ -123,13 +129,13 @@ class HttpWorkerClient(Replies):
 
     def cancel(self, job_id: int | None = None) -> int:
         """Cancel one job (or all of this client's)."""
-        targets = [(rid, job) for rid, (_op, job) in self._pending.items() if job_id is None or rid == job_id]
-        for _rid, job in targets:
-            self._http("POST", f"/v1/jobs/{job}/cancel")
+        targets = [(job, volume) for rid, (_op, job, volume) in self._pending.items() if job_id in (None, rid)]
+        for job, volume in targets:
+            self._http("POST", f"/v1/jobs/{job}/cancel", None, volume)
         return len(targets)
 
     def pending(self) -> dict[int, str]:
-        return {rid: op for rid, (op, _job) in self._pending.items()}
+        return {rid: op for rid, (op, _job, _volume) in self._pending.items()}
 
     @property
     def busy(self) -> bool:

@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,8 @@ class WorkerState:
         self.model_id = "litemedsam"
         self.device = "auto"
         self.runtime = "auto"
-        self.volumes: dict[str, Volume] = {}
+        self.volumes: OrderedDict[str, Volume] = OrderedDict()  # least recently used first
+        self.max_volume_bytes: int | None = None  # None: no bound (the local worker: one user's volumes)
         self.segmenters: dict[tuple[str, str], Segmenter] = {}
         self.yield_point: Callable[[], None] = lambda: None
         self.fake_encode_delay = float(os.environ.get("SAMMED_FAKE_ENCODE_DELAY", "0") or 0)
@@ -108,6 +110,7 @@ class WorkerState:
             volume = self.volumes.get(digest)
             if volume is None:
                 raise UnknownVolume(f"The worker does not hold volume {digest[:12]!r}; open it first.")
+            self.volumes.move_to_end(digest)
             key = (digest, preset)
             if key not in self.segmenters:
                 self.segmenters[key] = Segmenter(volume, self.backend(), cache=self.cache, preset=preset)
@@ -147,7 +150,8 @@ class WorkerState:
         return {"model": self.model_id, "device": self.device, "runtime": self.runtime}
 
     def op_open_volume(self, args: dict, control: jobs.JobControl) -> dict:
-        """Hold a volume: ``array`` (KxJxI), ``spacing``, ``origin`` (LPS), ``direction`` (3x3 LPS), ``name``."""
+        """Hold a volume: ``array`` (KxJxI), ``spacing``, ``origin`` (LPS), ``direction`` (3x3 LPS), ``name``, and
+        optionally ``volume``, the digest the client computed (checked: a damaged upload is refused)."""
         array = args.get("array")
         if not isinstance(array, np.ndarray) or array.ndim != 3:
             shape = getattr(array, "shape", None)
@@ -163,14 +167,29 @@ class WorkerState:
             name=str(args.get("name", "")),
         )
         volume.check()
+        if args.get("volume") not in (None, volume.digest):  # the digest the client computed before sending
+            raise ValueError(
+                "The volume arrived damaged (its voxels do not match the digest it was sent with); open it again."
+            )
         with self._lock:
             self.volumes.setdefault(volume.digest, volume)
+            self.volumes.move_to_end(volume.digest)
+            self._bound_volumes()
         return {"volume": volume.digest, "shape": list(volume.shape_kji)}
 
     def op_has_volume(self, args: dict, control: jobs.JobControl) -> dict:
         return {"known": str(args.get("volume", "")) in self.volumes}
 
-    def op_close_volume(self, args: dict, control: jobs.JobControl) -> dict:
+    def _bound_volumes(self) -> None:
+        """Close the least recently used volumes (not the newest) while the voxels held exceed ``max_volume_bytes``;
+        their clients open them again by digest when they come back (the protocol's unknown-volume path)."""
+        held = sum(v.array_kji.nbytes for v in self.volumes.values())
+        while self.max_volume_bytes is not None and held > self.max_volume_bytes and len(self.volumes) > 1:
+            oldest = next(iter(self.volumes))
+            held -= self.volumes[oldest].array_kji.nbytes
+            self.op_close_volume({"volume": oldest}, None)
+
+    def op_close_volume(self, args: dict, control: jobs.JobControl | None) -> dict:
         """Forget a volume, its segmenters (and learned encoders) and its embeddings in memory."""
         digest = str(args.get("volume", ""))
         with self._lock:

@@ -81,6 +81,7 @@ class RemoteSegmenter:
                 "origin": [float(s) for s in v.origin_lps],
                 "direction": [float(s) for s in np.asarray(v.direction_lps).ravel()],
                 "name": v.name,
+                "volume": v.digest,
             }
             self.client.call("open_volume", volume, timeout)
         if self._generation != -1:  # a new worker: its cache and learned encoders are new too
