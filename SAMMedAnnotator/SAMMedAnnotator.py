@@ -117,6 +117,10 @@ class SAMMedAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SAMMedAnnotatorLogic()
+        from SAMMedLib.ComputeOnSection import ComputeOnSection
+
+        self.computeOnSection = ComputeOnSection(lambda: self.logic.session, self.ui.statusLabel.setText)
+        self.layout.addWidget(self.computeOnSection.widget)
         self.logic.onEvent = self.onWorkerEvent
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)

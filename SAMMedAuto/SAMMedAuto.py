@@ -98,6 +98,10 @@ class SAMMedAutoWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = SAMMedAutoLogic()
+        from SAMMedLib.ComputeOnSection import ComputeOnSection
+
+        self.computeOnSection = ComputeOnSection(lambda: self.logic.session, self.ui.statusLabel.setText)
+        self.layout.addWidget(self.computeOnSection.widget)
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
         self.timer.connect("timeout()", self.onPoll)

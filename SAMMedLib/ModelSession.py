@@ -26,6 +26,7 @@ import slicer
 import vtk
 
 from sammed import jobs
+from sammed.server.client import HttpWorkerClient
 from sammed.worker.client import WorkerClient
 from sammed.worker.remote import RemoteSegmenter
 
@@ -55,14 +56,16 @@ class ModelSession:
 
     Args:
         scene: the ``vtkMRMLScene``.
-        client: the ``sammed.worker.client.WorkerClient`` (default: one starting ``workerCommand()``).
+        client: the ``sammed.worker.client.WorkerClient`` (default: one starting ``workerCommand()``), or a
+            ``sammed.server.client.HttpWorkerClient`` to compute on a ``sammed serve`` server (``computeOn``).
         modelId: the model the worker loads; ``TEST_MODEL`` (the analytic test model) pins the session to it:
             ``configure`` then changes everything but the model.
     """
 
-    def __init__(self, scene, client: WorkerClient | None = None, modelId: str = DEFAULT_MODEL) -> None:
+    def __init__(self, scene, client: WorkerClient | HttpWorkerClient | None = None, modelId: str = DEFAULT_MODEL):
         self.scene = scene
         self.client = client if client is not None else WorkerClient(workerCommand())
+        self.serverURL = self.client.url if isinstance(self.client, HttpWorkerClient) else ""
         self.modelId = modelId
         self.pinned = modelId == TEST_MODEL
         self.device = "auto"
@@ -86,8 +89,36 @@ class ModelSession:
 
     @property
     def backendInjected(self) -> bool:
-        """True with the analytic test model: nothing is installed, asked or downloaded."""
-        return self.modelId == TEST_MODEL
+        """True with the analytic test model or on a server: nothing is installed, asked or downloaded here."""
+        return self.modelId == TEST_MODEL or bool(self.serverURL)
+
+    def computeOn(self, url: str = "", token: str = "") -> bool:
+        """Do the model work on the ``sammed serve`` server at ``url`` with ``token`` ("": a worker process on this
+        computer). Switching cancels the running jobs and leaves the old side (its volumes closed, a local worker
+        ended); segmenters are made again on the new side on next use. Returns whether anything changed."""
+        url = (url or "").rstrip("/")
+        if url == self.serverURL and (not url or getattr(self.client, "token", None) == token):
+            return False
+        self.release()
+        self._segmenters.clear()
+        self._pendingEncode.clear()
+        self.client.shutdown()
+        self.client = HttpWorkerClient(url, token) if url else WorkerClient(workerCommand())
+        self.serverURL = url
+        return True
+
+    def describe(self) -> str:
+        """Where the work runs, for the modules' status line (asks a server; never raises)."""
+        if not self.serverURL:
+            return f"This computer: {self.modelId} on {self.device}"
+        wait, self.client.timeout = self.client.timeout, 10.0  # the main thread waits: not for long
+        try:
+            hello = self.client.call("hello", timeout=10.0)
+        except (ValueError, OSError, RuntimeError) as exc:
+            return f"Server {self.serverURL}: {exc}"
+        finally:
+            self.client.timeout = wait
+        return f"Server {self.serverURL}: {hello.get('model')} on {hello.get('device')} (sammed {hello.get('sammed')})"
 
     def ensureWorker(self) -> None:
         """Start the worker if needed; the client sends it the user's settings (again after every restart)."""
@@ -307,7 +338,10 @@ def sharedSession() -> ModelSession:
     if _shared is None or _shared.scene is not slicer.mrmlScene:
         if _shared is not None:
             _shared.cleanup()
-        _shared = ModelSession(slicer.mrmlScene)
+        from . import ComputeSettings
+
+        url, token = ComputeSettings.load()  # the user's "Compute on" choice
+        _shared = ModelSession(slicer.mrmlScene, HttpWorkerClient(url, token) if url else None)
     return _shared
 
 

@@ -46,7 +46,11 @@ PROJECT = {
 # application, what they need there, imported inside their functions or in app-only files)
 MRML_ONLY = {"numpy", "slicer", "vtk"}
 MRML_ONLY_FOLDERS = ("SAMMedLib", "SAMMedAnnotatorLib", "SAMMedAutoLib")
-APP_EXTRAS = {"Dependencies.py": {"PyTorchUtils", "qt"}, "WidgetHelpers.py": {"qt"}}
+APP_EXTRAS = {
+    "Dependencies.py": {"PyTorchUtils", "qt"},
+    "WidgetHelpers.py": {"qt"},
+    "ComputeOnSection.py": {"qt", "ctk"},  # a widget the modules build in the app
+}
 
 
 def python_files(folder: str) -> list[Path]:

@@ -43,3 +43,11 @@ def test_no_module_tests_get_module_logic_for_none():
     # slicer.util.getModuleLogic raises for a missing module instead of returning None (Base/Python/slicer/util.py)
     for path in ROOT.glob("SAMMed*/**/*.py"):
         assert "getModuleLogic(" not in path.read_text(encoding="utf-8"), path
+
+
+def test_both_modules_show_the_compute_on_section_on_the_shared_session():
+    for module, logic in (("SAMMedAnnotator", "SAMMedAnnotatorLogic"), ("SAMMedAuto", "SAMMedAutoLogic")):
+        calls = _calls(_method(module, f"{module}Widget", "setup"))
+        assert "ComputeOnSection(lambda: self.logic.session, self.ui.statusLabel.setText)" in calls, module
+        assert "self.layout.addWidget(self.computeOnSection.widget)" in calls, module
+        assert _method(module, logic, "session") is not None
