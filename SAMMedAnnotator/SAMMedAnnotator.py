@@ -8,7 +8,6 @@ slicer-core), and the model work in the ``sammed`` package.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -404,7 +403,6 @@ class SAMMedAnnotatorLogic(ScriptedLoadableModuleLogic):
         if self._annotator is None or self._annotator.session is not self.session:
             from SAMMedAnnotatorLib.Annotator import Annotator
 
-            os.environ.setdefault("SAMMED_HOME", str(Path(slicer.app.cachePath) / "SAMMed"))
             self._annotator = Annotator(
                 slicer.mrmlScene,
                 session=self.session,

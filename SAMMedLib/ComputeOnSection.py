@@ -42,10 +42,12 @@ class ComputeOnSection:
         form.addRow("Token:", self.tokenEdit)
         form.addRow(self.connectButton)
         form.addRow(self.statusLabel)
-        url, _token = ComputeSettings.load()
-        self.urlEdit.text = url
+        current = self.session()  # made first: it sets SAMMed's folder (where the choice is kept) in the app
+        self.urlEdit.text = current.serverURL
         self.connectButton.connect("clicked(bool)", self.onUse)
-        self.statusLabel.text = self.session().describe() if not url else f"Server {url} (press Use to check it)"
+        self.statusLabel.text = (
+            current.describe() if not current.serverURL else f"Server {current.serverURL} (Use checks it)"
+        )
 
     def onUse(self) -> None:
         """Save the choice and switch the shared session to it; the status line shows the server's answer."""

@@ -340,6 +340,8 @@ def sharedSession() -> ModelSession:
             _shared.cleanup()
         from . import ComputeSettings
 
+        if hasattr(slicer, "app"):  # SAMMed's folder (weights, settings) under Slicer's cache path in the application
+            os.environ.setdefault("SAMMED_HOME", str(Path(slicer.app.cachePath) / "SAMMed"))
         url, token = ComputeSettings.load()  # the user's "Compute on" choice
         _shared = ModelSession(slicer.mrmlScene, HttpWorkerClient(url, token) if url else None)
     return _shared
