@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,21 +16,35 @@ from typing import Any
 import numpy as np
 
 from ..intensity import PRESET_CHOICES
+from ..jobs import Cancelled
 from ..jobs import CancelToken
+from ..jobs import WorkerEvent
+from ..models import RUNTIMES
+from ..models import sammed_home
+from ..server.client import HttpWorkerClient
+from ..worker.client import FINAL_KINDS
+from ..worker.client import WorkerError
+from ..worker.remote import RemoteSegmenter
+
+MODEL_DEFAULTS = {"model": "litemedsam", "device": "auto", "runtime": "auto"}
+SERVER_DECIDES = ("checkpoint", "level", "width", "model", "arch", "sha256", "device", "runtime")
+POLL_S = 0.1  # seconds between two looks at a server job's events
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """--model, --checkpoint, --arch, --sha256, --device, --runtime."""
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="litemedsam", help="registry id (see `sammed models`); default litemedsam")
+    g.add_argument(
+        "--model", default=MODEL_DEFAULTS["model"], help="registry id (see `sammed models`); default litemedsam"
+    )
     g.add_argument("--checkpoint", help="a weights file of your own instead of the registry's")
     g.add_argument("--arch", help="architecture of --checkpoint: litemedsam, vit_b, vit_l, vit_h")
     g.add_argument("--sha256", help="expected SHA256 of --checkpoint")
-    g.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    g.add_argument("--device", default=MODEL_DEFAULTS["device"], help="auto (default), cpu, cuda or mps")
     g.add_argument(
         "--runtime",
-        default="auto",
-        choices=("auto", "torch", "onnx", "openvino"),
+        default=MODEL_DEFAULTS["runtime"],
+        choices=RUNTIMES,
         help="image encoder runtime: auto (default: for LiteMedSAM on the CPU OpenVINO, else ONNX Runtime, when "
         "installed; torch otherwise), torch (the reference), onnx or openvino",
     )
@@ -142,7 +158,6 @@ def read_labels_on_grid(path: str, volume: Any, what: str) -> Any:
 def make_cache(args: argparse.Namespace) -> Any:
     """The embedding cache the arguments ask for (memory only, or with a disk tier)."""
     from ..cache import EmbeddingCache
-    from ..models import sammed_home
 
     if getattr(args, "no_disk_cache", False):
         return EmbeddingCache()
@@ -179,30 +194,58 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def server_client(args: argparse.Namespace) -> Any:
-    """The ``HttpWorkerClient`` of ``--server`` (None without it).
+def server_decided(args: argparse.Namespace) -> list[str]:
+    """The options given that a server decides (``SERVER_DECIDES`` set, or left off their defaults)."""
+    given = []
+    for name in SERVER_DECIDES:
+        value = getattr(args, name, None)
+        if value is not None and value != MODEL_DEFAULTS.get(name):
+            given.append("--" + name)
+    return given
+
+
+def read_token(args: argparse.Namespace) -> str:
+    """The server token: ``--token-file``, else ``$SAMMED_TOKEN``, else ``$SAMMED_HOME/server-token``.
 
     Raises:
-        ValueError: options the server decides (--checkpoint, --level/--width), or no token.
+        ValueError: none there, or the file cannot be read.
     """
-    import os
-
-    from ..models import sammed_home
-    from ..server.client import HttpWorkerClient
-
-    if not getattr(args, "server", None):
-        return None
-    if args.checkpoint or args.level is not None or args.width is not None:
-        raise ValueError(
-            "With --server the server's model and the --preset windows are used: drop --checkpoint/--level/--width."
-        )
-    token = os.environ.get("SAMMED_TOKEN", "")
     path = Path(args.token_file) if args.token_file else sammed_home() / "server-token"
+    token = "" if args.token_file else os.environ.get("SAMMED_TOKEN", "").strip()
     if not token and path.exists():
-        token = path.read_text(encoding="utf-8").strip()
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"Cannot read the token file '{path}': {exc.strerror or exc}.") from None
     if not token:
         raise ValueError(f"No token for {args.server}: give --token-file, set SAMMED_TOKEN, or copy it to {path}.")
-    return HttpWorkerClient(args.server, token)
+    return token
+
+
+def server_client(args: argparse.Namespace) -> Any:
+    """The ``HttpWorkerClient`` of ``--server`` (None without it), after the server accepted its token.
+
+    Raises:
+        ValueError: options the server decides (model, checkpoint, device, runtime, --level/--width), no token, a
+            server that refuses the token or cannot be reached.
+    """
+    if not getattr(args, "server", None):
+        return None
+    given = server_decided(args)
+    if given:
+        raise ValueError(
+            "With --server the server's model, device and runtime and the --preset windows are used: drop "
+            f"--checkpoint/--level/--width/--model/--arch/--sha256/--device/--runtime (given: {' '.join(given)})."
+        )
+    client = HttpWorkerClient(args.server, read_token(args))
+    try:
+        client.call("hello", timeout=120.0)
+    except WorkerError as exc:
+        if exc.kind == "internal":  # cannot be reached, or failing
+            raise ValueError(str(exc)) from None
+        where = args.token_file or f"$SAMMED_TOKEN or {sammed_home() / 'server-token'}"
+        raise ValueError(f"The server {args.server} refused the token from {where}: {exc}") from None
+    return client
 
 
 def make_segmenter(args: argparse.Namespace, volume: Any, mapping: Any = None) -> Any:
@@ -212,8 +255,6 @@ def make_segmenter(args: argparse.Namespace, volume: Any, mapping: Any = None) -
 
     client = server_client(args)
     if client is not None:
-        from ..worker.remote import RemoteSegmenter
-
         return RemoteSegmenter(client, volume, args.preset or "auto")
     return Segmenter(volume, make_backend(args), mapping or make_mapping(args, volume), make_cache(args))
 
@@ -293,3 +334,55 @@ def progress_reporter(json_lines: bool, desc: str) -> Iterator[Any]:
         yield bar
     finally:
         bar.close()  # type: ignore[attr-defined]
+
+
+def _cancel_job(client: Any, rid: int) -> None:
+    """Cancel server job ``rid``; a server that cannot be reached any more is left to end it (its job lease)."""
+    try:
+        client.cancel(rid)
+    except WorkerError:
+        pass
+
+
+def follow_job(
+    client: Any,
+    rid: int,
+    progress: Callable[[float, str], None],
+    should_stop: Callable[[], bool],
+    grace_s: float = 30.0,
+) -> WorkerEvent:
+    """Follow server job ``rid`` to its end, its progress events shown with ``progress``; ``should_stop()``
+    (SIGTERM: ``cancel_on_sigterm``) cancels the job on the server and waits up to ``grace_s`` seconds for its
+    answer, Ctrl+C cancels it and raises KeyboardInterrupt at once.
+
+    Returns:
+        the final event: ``done``, or ``cancelled`` (its ``result`` the job's partial result, or None).
+
+    Raises:
+        ValueError: the server refused the input (the message says why).
+        Cancelled: cancelled and the server did not answer within ``grace_s``.
+        WorkerError: the job failed on the server, or the server cannot be reached.
+    """
+    deadline = None
+    try:
+        while True:
+            for event in client.drain():
+                if event.jobId != rid:
+                    continue
+                if event.kind == "progress":
+                    progress(event.fraction, event.message)
+                elif event.kind == "failed":
+                    if event.errorType == "bad_input":
+                        raise ValueError(event.error)
+                    raise WorkerError(f"The server failed: {event.error}", event.errorType or "internal")
+                elif event.kind in FINAL_KINDS:
+                    return event
+            if deadline is None and should_stop():
+                _cancel_job(client, rid)
+                deadline = time.monotonic() + grace_s
+            elif deadline is not None and time.monotonic() > deadline:
+                raise Cancelled(f"cancelled; the server did not confirm within {grace_s:.0f} s; nothing was written.")
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        _cancel_job(client, rid)
+        raise

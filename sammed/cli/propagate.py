@@ -4,6 +4,11 @@ Examples::
 
     sammed propagate ct.nii.gz --slice 106 --box 42,27,104,81 -o liver.nii.gz --report liver.json
     sammed propagate ct.nii.gz --seed seeds.nii.gz --label 5 --generator sapnet -o liver.nii.gz
+    sammed propagate ct.nii.gz --seed seeds.nii.gz -o liver.nii.gz --server http://gpu:8000 --token-file token
+
+With ``--server`` the run is a job of that ``sammed serve`` server (its model; a learned SAMassist encoder it holds
+for this image and preset is used); the label map and report are written here as in a local run, and Ctrl+C or
+SIGTERM cancel the job on the server.
 """
 
 from __future__ import annotations
@@ -16,10 +21,22 @@ import numpy as np
 
 from ..jobs import EXIT_OK
 from ..jobs import Cancelled
+from ..jobs import CancelToken
+from ..jobs import ProgressFn
+from ..prompts import Prompts
 from ..propagate import GENERATORS
+from ..propagate import PropagationConfig
+from ..propagate import PropagationResult
+from ..propagate import propagate
+from ..propagate import seed_from_box
+from ..segmenter import SliceResult
+from ..worker.remote import RemoteSegmenter
+from ..worker.remote import propagation_result
 from .options import add_common_args
+from .options import add_server_args
 from .options import cancel_on_sigterm
 from .options import check_label_value
+from .options import follow_job
 from .options import label_dtype
 from .options import make_segmenter
 from .options import parse_floats
@@ -56,17 +73,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", help="JSON file with the per-slice table (status, prompt, IoU, area)")
     p.add_argument("--json-progress", action="store_true", help="progress as JSON lines on stdout")
     add_common_args(p)
+    add_server_args(p)
     p.set_defaults(func=run)
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
+def config_from_args(args: argparse.Namespace) -> PropagationConfig:
     """The ``PropagationConfig`` of the options.
 
     Raises:
         ValueError: a --refine that is neither a weight >= 0 nor 'off'.
     """
-    from ..propagate import PropagationConfig
-
     cfg = PropagationConfig(seed=args.seed_value)
     if args.refine is not None:
         cfg.refine = None if args.refine.strip().lower() == "off" else parse_floats(args.refine, 1, "--refine")[0]
@@ -145,11 +161,43 @@ def _outputs(args: argparse.Namespace) -> Any:
     return outputs
 
 
+class _ServerSeed:
+    """What ``seed_from_box`` asks of a segmenter, on a ``RemoteSegmenter`` with the model's full logits (the box's
+    mask is refined with them, as in a local run)."""
+
+    def __init__(self, remote: RemoteSegmenter) -> None:
+        self.remote = remote
+        self.volume = remote.volume
+
+    def segment(self, axis: int, index: int, box_xyxy: Any) -> SliceResult:
+        return self.remote.segment(axis, index, Prompts.make(box_xyxy), logits=True)
+
+
+def _propagate(
+    seg: Any,
+    masks: dict[int, np.ndarray],
+    axis: int,
+    args: argparse.Namespace,
+    cfg: PropagationConfig,
+    slice_range: tuple[int, int] | None,
+    progress: ProgressFn,
+    token: CancelToken,
+) -> PropagationResult:
+    """``propagate`` here, or as a job of the ``--server`` (cancelled there when ``token`` is set or on Ctrl+C).
+
+    Raises:
+        Cancelled: the server's job was cancelled before it had a result.
+    """
+    if not isinstance(seg, RemoteSegmenter):
+        return propagate(seg, masks, axis, args.generator, cfg, slice_range, progress=progress, should_stop=token)
+    event = follow_job(seg.client, seg.propagate(masks, axis, args.generator, cfg, slice_range), progress, token)
+    if event.result is None:
+        raise Cancelled("cancelled on the server before any slice; nothing was written.")
+    return propagation_result(event.result, event.kind == "cancelled")
+
+
 def run(args: argparse.Namespace) -> int:
     """Fill the volume from the seeds and write the label map (and the report); a cancelled run writes nothing."""
-    from ..propagate import propagate
-    from ..propagate import seed_from_box
-
     outputs = _outputs(args)
     volume, axis = read_image(args)
     slice_range = _slice_range(args)
@@ -164,9 +212,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     seg = make_segmenter(args, volume)
     if box is not None:
-        masks = {args.slice: seed_from_box(seg, axis, args.slice, box, cfg.refine)[0]}
+        seeder: Any = _ServerSeed(seg) if isinstance(seg, RemoteSegmenter) else seg
+        masks = {args.slice: seed_from_box(seeder, axis, args.slice, box, cfg.refine)[0]}
     with cancel_on_sigterm() as token, progress_reporter(args.json_progress, f"propagate ({args.generator})") as bar:
-        res = propagate(seg, masks, axis, args.generator, cfg, slice_range, progress=bar, should_stop=token)
+        res = _propagate(seg, masks, axis, args, cfg, slice_range, bar, token)
         if res.cancelled:
             done = sum(r.status != "user" for r in res.records)
             raise Cancelled(f"cancelled after {done} slices; nothing was written.")

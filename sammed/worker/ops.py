@@ -319,8 +319,7 @@ class WorkerState:
             should_stop=control.should_stop,
         )
         assist.attach(segmenter, learned)
-        final = learned.history[-1] if learned.history else None
-        return {"target": learned.target, "slices": learned.slices, "seconds": learned.seconds, "final": final}
+        return learned_summary(learned)
 
     def op_propagate(self, args: dict, control: jobs.JobControl) -> dict:
         """Fill the slices of one target from ``masks`` ([[index, mask], ...]) along ``axis``; posts one
@@ -366,6 +365,19 @@ class WorkerState:
             control.progress(done / max(total, 1), f"Downloading {model}: {done / 1e6:.0f} of {total / 1e6:.0f} MB")
 
         return {"path": str(models.download_weights(model, progress=report))}
+
+
+def learned_summary(learned: Any) -> dict:
+    """What a SAMassist fit (a ``LearnedPromptEncoder``) reports: ``target``, ``slices``, ``steps``, ``final`` loss
+    (None without steps), ``seconds`` of training and base ``model`` id."""
+    return {
+        "target": learned.target,
+        "slices": [int(s) for s in learned.slices],
+        "steps": learned.steps_done,
+        "final": learned.history[-1] if learned.history else None,
+        "seconds": learned.seconds,
+        "model": learned.model_id,
+    }
 
 
 def _finite(value: float) -> float | None:

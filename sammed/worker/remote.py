@@ -125,12 +125,13 @@ class RemoteSegmenter:
         *,
         use_learned: bool | None = None,
         low_res: bool = False,
+        logits: bool = False,
         timeout: float = 300.0,
     ) -> SliceResult:
         """Decode ``prompts`` on one slice (the worker encodes it first if needed) and wait for the mask.
 
         The result's ``low_res_logits`` (to pass back as ``mask_input``) are sent only with ``low_res`` (else an
-        empty array); its ``logits_hw`` are +1 inside the mask and -1 outside.
+        empty array); its ``logits_hw`` are the model's only with ``logits`` (else +1 inside the mask, -1 outside).
 
         Raises:
             ValueError: a prompt or slice the worker refuses (the message says why).
@@ -141,6 +142,8 @@ class RemoteSegmenter:
             args["use_learned"] = bool(use_learned)
         if low_res:
             args["low_res"] = True
+        if logits:
+            args["logits"] = True
         for attempt in (1, 2):
             self.ensure_open()
             try:
@@ -154,9 +157,9 @@ class RemoteSegmenter:
         self.lastEncoded = bool(result.get("encoded"))
         mask = np.asarray(result["mask"], dtype=bool)
         low = np.asarray(result.get("low_res_logits", np.zeros((0, 0))), dtype=np.float32)
-        logits = result.get("logits")
-        logits = np.where(mask, 1.0, -1.0).astype(np.float32) if logits is None else logits
-        return SliceResult(mask, float(result["iou"]), logits, low, int(axis), int(index))
+        full = result.get("logits")
+        full = np.where(mask, 1.0, -1.0).astype(np.float32) if full is None else full
+        return SliceResult(mask, float(result["iou"]), full, low, int(axis), int(index))
 
     @property
     def use_learned(self) -> bool:
