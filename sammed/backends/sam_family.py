@@ -25,6 +25,7 @@ from .base import DecodeResult
 from .base import ModelInputGeometry
 
 _FAMILY_SIZE = {"litemedsam": 256, "sam": 1024}
+MAX_PREEMPTIONS = 2  # a background encode of the exported encoder is restarted at most this often for clicks
 _PIXEL_MEAN = (123.675, 116.28, 103.53)
 _PIXEL_STD = (58.395, 57.12, 57.375)
 
@@ -208,10 +209,12 @@ class SamFamilyBackend:
             from .onnx_encoder import Preempted
 
             x = self.preprocess(image_hw3).cpu().numpy()
+            preempted = 0
             while True:  # stopped for a user's request: wait until it is answered, then encode again
-                try:
-                    return np.asarray(self._ort.run(x)[0], dtype=np.float32)
+                try:  # after MAX_PREEMPTIONS restarts it runs to the end: clicks every few 100 ms must not starve it
+                    return np.asarray(self._ort.run(x, preemptible=preempted < MAX_PREEMPTIONS)[0], dtype=np.float32)
                 except Preempted:
+                    preempted += 1
                     self._yield_point()
         emb = self.model.image_encoder(self.preprocess(image_hw3))
         return emb[0].float().cpu().numpy()

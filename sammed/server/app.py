@@ -46,6 +46,7 @@ from ..worker.server import WorkerServer
 SERVER_ONLY = ("configure", "download", "shutdown")  # decided by whoever runs the server, not by its clients
 STATUS = {"bad_input": 422, "bad_request": 422, "unknown_op": 422, "unknown_volume": 404, "internal": 500}
 FINAL = ("done", "cancelled", "failed")
+FINAL_GRACE_S = 5.0  # a job's replies are kept this long after its final reply was read (a poll repeated)
 
 
 class Hub:
@@ -77,13 +78,20 @@ class Hub:
                 self._cond.notify_all()
 
     def submit(self, op: str, args: dict, job: bool = False) -> int:
-        """Queue ``op`` (arrays in ``args`` inline); returns its id. ``job``: a background job under the lease."""
+        """Queue ``op`` (arrays in ``args`` inline, decoded here: call it off the event loop); returns its id.
+        ``job``: a background job under the lease."""
         rid = next(self._ids)
         with self._cond:
             self._replies[rid] = []
             if job:
                 self._polled[rid] = time.monotonic()
-        self.server.handle(protocol.to_line(protocol.request(rid, op, args)))
+        try:
+            self.server.enqueue(rid, op, args)
+        except protocol.ProtocolError as exc:  # a malformed inline array
+            with self._cond:
+                self._replies.pop(rid, None)
+                self._polled.pop(rid, None)
+            raise ValueError(str(exc)) from None
         return rid
 
     def known(self, rid: int) -> bool:
@@ -96,9 +104,11 @@ class Hub:
         with self._cond:
             while len(self._replies.get(rid, [])) <= after and time.monotonic() < deadline:
                 self._cond.wait(max(deadline - time.monotonic(), 0.0))
-            if rid in self._polled:
-                self._polled[rid] = time.monotonic()
-            return list(self._replies.get(rid, [])[after:])
+            found = list(self._replies.get(rid, [])[after:])
+            if rid in self._polled:  # read to its end: forgotten FINAL_GRACE_S later, not a whole lease
+                ended = any(r.get("kind") in FINAL for r in found)
+                self._polled[rid] = time.monotonic() - (max(self.job_lease_s - FINAL_GRACE_S, 0.0) if ended else 0.0)
+            return found
 
     def reap(self, now: float | None = None) -> list[int]:
         """Cancel and forget the jobs nobody polled for ``job_lease_s`` seconds; returns their ids."""
@@ -162,8 +172,8 @@ class Api:
         raw = await request.body()
         if len(raw) > self.limit:
             raise too_big
-        try:
-            message = protocol.parse_line(b'{"v": 1, "request": ' + raw + b"}")["request"]
+        try:  # parsing a volume upload takes a while: not on the event loop, which serves everyone
+            message = (await run_in_threadpool(protocol.parse_line, b'{"v": 1, "request": ' + raw + b"}"))["request"]
         except protocol.ProtocolError as exc:
             raise HTTPException(422, str(exc)) from None
         if not isinstance(message, dict) or not isinstance(message.get("op"), str):
@@ -172,7 +182,16 @@ class Api:
             raise HTTPException(403, f"'{message['op']}' is decided by the server's administrator, not by clients.")
         if message["op"] not in kind:
             raise HTTPException(422, f"'{message['op']}' is not an op of this endpoint; use {other}.")
+        if not isinstance(message.get("args") or {}, dict):
+            raise HTTPException(422, '"args" must be an object.')
         return message
+
+    async def submit(self, message: dict, job: bool = False) -> int:
+        """Hand the request to the worker server from a thread (decoding inline arrays takes a while)."""
+        try:
+            return await run_in_threadpool(self.hub.submit, message["op"], message.get("args") or {}, job)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
 
     def job(self, job: int) -> int:
         if not self.hub.known(job):
@@ -184,14 +203,13 @@ class Api:
 
     async def call(self, request: Request) -> JSONResponse:
         message = await self.body(request, INTERACTIVE_OPS, "/v1/jobs for background ops")
-        rid = self.hub.submit(message["op"], message.get("args") or {})
-        reply = await run_in_threadpool(self.hub.final, rid, 600.0)
+        reply = await run_in_threadpool(self.hub.final, await self.submit(message), 600.0)
         status = 200 if reply.get("kind") == "done" else STATUS.get(str(reply.get("type")), 409)
         return JSONResponse(reply, status_code=status)
 
     async def start(self, request: Request) -> dict:
         message = await self.body(request, BACKGROUND_OPS, "/v1/call for interactive ops")
-        return {"job": self.hub.submit(message["op"], message.get("args") or {}, job=True)}
+        return {"job": await self.submit(message, job=True)}
 
     def events(self, job: int, after: int = 0, wait: float = 0.0) -> dict:
         return {"events": self.hub.replies(self.job(job), max(after, 0), min(max(wait, 0.0), 30.0))}

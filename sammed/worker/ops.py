@@ -32,6 +32,7 @@ from . import protocol
 INTERACTIVE_OPS: tuple[str, ...] = ("hello", "configure", "open_volume", "has_volume", "close_volume", "encode")
 INTERACTIVE_OPS += ("segment", "cached", "use_learned", "status")
 BACKGROUND_OPS = ("load", "precompute", "learn", "propagate", "download")
+MODEL_OPS = ("encode", "segment")  # interactive ops that run the model: they pause or preempt background work
 FAKE_MODEL = "fake"  # the analytic test backend (``backends.fake``): no torch, for tests of the protocol
 
 

@@ -35,6 +35,7 @@ from .. import jobs
 from . import protocol
 from .ops import BACKGROUND_OPS
 from .ops import INTERACTIVE_OPS
+from .ops import MODEL_OPS
 from .ops import UnknownVolume
 from .ops import WorkerState
 
@@ -121,6 +122,15 @@ class WorkerServer:
                 )
 
     # ------------------------------------------------------------------ reader side
+    def enqueue(self, rid: int, op: str, args: dict) -> None:
+        """Queue a checked request (``op`` an interactive or background op; ``args`` with arrays still in wire form,
+        loaded here, in the caller's thread)."""
+        lane = "interactive" if op in INTERACTIVE_OPS else "background"
+        job = _Job(rid, op, self.codec.load(args))
+        with self._cond:
+            self._queues[lane].append(job)
+            self._cond.notify_all()
+
     def handle(self, line: str | bytes) -> None:
         """One message from the client (reader thread). Never raises: a bad message gets a ``failed`` reply."""
         rid = -1
@@ -135,11 +145,7 @@ class WorkerServer:
                 self.send(rid, "done", result={"bye": True})
                 self.stopping.set()
             elif op in INTERACTIVE_OPS or op in BACKGROUND_OPS:
-                lane = "interactive" if op in INTERACTIVE_OPS else "background"
-                job = _Job(rid, op, self.codec.load(args))
-                with self._cond:
-                    self._queues[lane].append(job)
-                    self._cond.notify_all()
+                self.enqueue(rid, op, args)
             else:
                 known = ", ".join(sorted(set(INTERACTIVE_OPS) | set(BACKGROUND_OPS) | {"cancel", "shutdown"}))
                 self.send(
@@ -190,7 +196,7 @@ class WorkerServer:
                 job = self._queues[name].popleft()
                 self._running[name] = job
             try:
-                if name == "interactive":
+                if name == "interactive" and job.op in MODEL_OPS:  # a lookup (status, has_volume) stops nothing
                     with self.gate.interactive():
                         self.state.interrupt(self._background_ident, preempt=True)  # re-run after this request
                         self._run(job)
