@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from dataclasses import field
 
 SAMPLING_SCHEMES = ("uniform", "center", "boundary", "mixed")
-PROMPT_KINDS = ("points", "box", "composite")
+PROMPT_KINDS = ("points", "box", "composite", "clicks", "box_clicks")
 
 
 @dataclass
@@ -28,11 +28,17 @@ class AssistConfig:
         d_out: box jitter, largest outward move of a side (slice pixels).
         sampling: point scheme inside the mask: ``uniform``, ``center``, ``boundary`` or ``mixed`` (one of the
             three drawn per prompt).
-        kinds: prompt kinds to train and their sampling weights, e.g. ``{"points": 2, "box": 1, "composite": 1}``.
+        kinds: prompt kinds to train and their sampling weights, e.g. ``{"points": 2, "box": 1, "composite": 1}``;
+            ``clicks`` (a user's clicks, each placed on the error of the mask the clicks before it give) and
+            ``box_clicks`` (a box, then corrective clicks with the previous logits as mask input) decode with the
+            encoder being trained to place their clicks (``interactive.py``); ``max_points`` (or 10) bounds
+            ``clicks``.
         box_lr_scale: the box copy's learning rate is ``lr * box_lr_scale`` (LiteMedSAM was trained with boxes:
             its box prompt needs small changes only, large ones cost Dice on slices unlike the annotated ones).
         box_prox: proximal penalty ``box_prox * sum((w - w0)^2)`` on the box copy's distance to the original
             weights w0 (0 = off).
+        slices_per_step: slices drawn (without replacement) for each step; 0 = every slice (a per-case fit); the
+            population fit draws a few of its thousands.
         time_budget_s: stop after the step that passes this many seconds (None: run all steps). Results with a
             budget depend on the machine's speed; without one they are deterministic for a seed.
         seed: seeds numpy and torch sampling.
@@ -51,6 +57,7 @@ class AssistConfig:
     kinds: dict = field(default_factory=lambda: {"points": 2.0, "box": 1.0, "composite": 1.0})
     box_lr_scale: float = 0.05
     box_prox: float = 0.0
+    slices_per_step: int = 0
     time_budget_s: float | None = None
     seed: int = 0
     device: str | None = None
@@ -67,6 +74,8 @@ class AssistConfig:
             raise ValueError(f"n_pt (N_pt) must be at least 2, points are drawn from [1, N_pt) (got {self.n_pt}).")
         if self.max_points < 0 or not (0 <= self.p_single <= 1):
             raise ValueError("max_points must be >= 0 and p_single in [0, 1].")
+        if self.slices_per_step < 0:
+            raise ValueError(f"slices_per_step must be 0 (all) or more (got {self.slices_per_step}).")
         if self.box_lr_scale < 0 or self.box_prox < 0:
             raise ValueError("box_lr_scale and box_prox must not be negative.")
         if self.d_in < 0 or self.d_out < 0:

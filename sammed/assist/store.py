@@ -1,7 +1,8 @@
 """SAMassist files: a learned prompt encoder saved as a small self-describing torch file, loaded back safely.
 
-The file holds its format and version, the base model id and SHA256, the volume digest, target, slices, the fit's
-settings and loss history (JSON-compatible values) and the state dict; it is read with ``weights_only=True``.
+The file holds its format and version, the base model id and SHA256, the volume digest (``population`` for the
+population encoder, ``population.py``), target, slices, the route of a box alone, the fit's settings and loss
+history (JSON-compatible values) and the state dict; it is read with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def save_learned(learned: LearnedPromptEncoder, path: str | os.PathLike) -> Path
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "encoder_layout": "routed: points (no box) / boxes (box, with or without points)",
+        "box_alone": "original" if getattr(learned.module, "original", None) is not None else "boxes",
         "base_model_id": learned.model_id,
         "base_model_sha256": learned.sha256,
         "volume_digest": learned.volume_digest,
@@ -130,8 +132,10 @@ def load_learned(path: str | os.PathLike, backend: Any) -> LearnedPromptEncoder:
     module = new_routed(backend)
     try:
         module.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, AttributeError) as exc:
         raise ValueError(f"SAMassist file '{path}' does not fit this model: {str(exc).splitlines()[0]}") from None
+    if payload.get("box_alone") == "original":  # a population encoder whose box copy was not better for boxes
+        module.route_box_alone_to(backend.model.prompt_encoder)
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)

@@ -46,6 +46,8 @@ from ..jobs import check_stop
 from ..prompts import Prompts
 from .config import PROMPT_KINDS
 from .config import AssistConfig
+from .interactive import MODEL_IN_LOOP_KINDS
+from .interactive import click_prompt
 from .sampling import SliceSampler
 from .sampling import check_annotations
 
@@ -94,13 +96,23 @@ class RoutedPromptEncoder(torch.nn.Module):
     SAM's ``PromptEncoder`` (``forward(points, boxes, masks)`` and ``get_dense_pe()``).
     """
 
+    original: Any  # the model's own encoder for a box alone, or None
+
     def __init__(self, points_encoder: torch.nn.Module, box_encoder: torch.nn.Module) -> None:
         super().__init__()
         self.points: Any = points_encoder
         self.boxes: Any = box_encoder
+        object.__setattr__(self, "original", None)  # not a submodule: neither trained nor saved
+
+    def route_box_alone_to(self, original: torch.nn.Module | None) -> None:
+        """A box without points or mask goes to ``original`` (the model's own encoder) instead of ``boxes``: the
+        population encoder does this when the original was better for boxes on its validation slices."""
+        object.__setattr__(self, "original", original)
 
     def forward(self, points: Any, boxes: Any, masks: Any) -> Any:
         encoder = self.boxes if boxes is not None else self.points
+        if boxes is not None and points is None and masks is None and self.original is not None:
+            encoder = self.original
         return encoder(points=points, boxes=boxes, masks=masks)
 
     def get_dense_pe(self) -> Any:
@@ -108,8 +120,13 @@ class RoutedPromptEncoder(torch.nn.Module):
         return self.points.get_dense_pe()
 
 
-def new_routed(backend: Any) -> RoutedPromptEncoder:
-    """Two fresh copies of the backend's prompt encoder."""
+def new_routed(backend: Any, start: torch.nn.Module | None = None) -> RoutedPromptEncoder:
+    """Two fresh copies of the backend's prompt encoder, or copies of ``start`` (a ``RoutedPromptEncoder``, e.g.
+    the shipped population encoder a per-case fit starts from; a box alone keeps its routing)."""
+    if isinstance(start, RoutedPromptEncoder):
+        routed = RoutedPromptEncoder(copy.deepcopy(start.points), copy.deepcopy(start.boxes))
+        routed.route_box_alone_to(start.original)
+        return routed
     base = backend.model.prompt_encoder
     return RoutedPromptEncoder(copy.deepcopy(base), copy.deepcopy(base))
 
@@ -167,15 +184,47 @@ def _loss(masks: torch.Tensor, target: torch.Tensor, single_point: torch.Tensor 
 
 
 @dataclass
+class TrainItem:
+    """One training slice: its embedding (1xCxhxw on the training device; ``array`` the same as numpy, for the
+    no-gradient decodes that place clicks), prompt sampler, low-res target and prompt geometry."""
+
+    embedding: torch.Tensor
+    array: np.ndarray
+    sampler: SliceSampler
+    target: torch.Tensor
+    geometry: ModelInputGeometry
+
+
+def train_item(
+    backend: Any,
+    embedding: np.ndarray,
+    mask_hw: np.ndarray,
+    geom: ModelInputGeometry,
+    cfg: AssistConfig,
+    device: torch.device,
+) -> TrainItem:
+    """The ``TrainItem`` of one slice's embedding and reference mask."""
+    array = np.asarray(embedding, dtype=np.float32)
+    low = 4 * int(backend.embedding_shape[1])
+    return TrainItem(
+        torch.from_numpy(array).to(device)[None],
+        array,
+        SliceSampler(mask_hw, cfg),
+        _target_lowres(geom, mask_hw, low, device),
+        geom,
+    )
+
+
+@dataclass
 class _Fit:
     """Everything one fit needs per step: the trained module, the frozen decoder, the data and the sampling."""
 
     module: RoutedPromptEncoder
+    backend: Any
     decoder: Any
     image_pe: torch.Tensor
     optimiser: torch.optim.Optimizer
-    geometry: ModelInputGeometry
-    data: list  # (embedding 1xCxhxw, SliceSampler, low-res target) per annotated slice
+    data: list[TrainItem]
     kinds: list[str]
     weights: np.ndarray
     multimask: bool
@@ -188,31 +237,30 @@ def _load_data(
     masks: dict[int, np.ndarray],
     axis: int,
     cfg: AssistConfig,
-    fit_geometry: ModelInputGeometry,
     device: torch.device,
     progress: ProgressFn | None,
     should_stop: StopFn | None,
-) -> list:
-    """(embedding, sampler, low-res target) of every annotated slice (embeddings from the cache)."""
-    low = 4 * int(segmenter.backend.embedding_shape[1])
+) -> list[TrainItem]:
+    """The ``TrainItem`` of every annotated slice (embeddings from the cache)."""
     data = []
     slices = sorted(masks)
+    geom = segmenter.input_geometry(axis)
     for i, s in enumerate(slices):
         check_stop(should_stop)
-        emb = torch.from_numpy(np.asarray(segmenter.embedding(axis, s), dtype=np.float32)).to(device)[None]
-        data.append((emb, SliceSampler(masks[s], cfg), _target_lowres(fit_geometry, masks[s], low, device)))
+        data.append(train_item(segmenter.backend, segmenter.embedding(axis, s), masks[s], geom, cfg, device))
         if progress:
             progress(0.0, f"Loaded embedding {i + 1} of {len(slices)} (slice {s})")
     return data
 
 
-def _new_fit(segmenter: Segmenter, data: list, axis: int, cfg: AssistConfig, device: torch.device) -> _Fit:
-    backend: Any = segmenter.backend  # a SamFamilyBackend (check_backend)
+def new_fit(backend: Any, data: list[TrainItem], cfg: AssistConfig, device: torch.device, start: Any = None) -> _Fit:
+    """The optimiser and state of one fit on ``data``, starting from ``start`` (a ``RoutedPromptEncoder``) or the
+    model's own prompt encoder."""
     decoder = backend.model.mask_decoder
     if device != backend.device:
         decoder = copy.deepcopy(decoder).to(device)
-    module = new_routed(backend).to(device).train()
-    for p in module.parameters():
+    module = new_routed(backend, start).to(device).train()
+    for p in list(module.points.parameters()) + list(module.boxes.parameters()):
         p.requires_grad_(True)
     optimiser = torch.optim.Adam(
         [
@@ -225,42 +273,78 @@ def _new_fit(segmenter: Segmenter, data: list, axis: int, cfg: AssistConfig, dev
     kinds = [k for k in PROMPT_KINDS if float(cfg.kinds.get(k, 0)) > 0]
     weights = np.array([float(cfg.kinds[k]) for k in kinds])
     box_origin = [p.detach().clone() for p in module.boxes.parameters()] if cfg.box_prox > 0 else []
+    multimask = getattr(backend, "family", "litemedsam") == "sam"
     return _Fit(
         module,
+        backend,
         decoder,
         image_pe,
         optimiser,
-        segmenter.input_geometry(axis),
         data,
         kinds,
         weights / weights.sum(),
-        getattr(backend, "family", "litemedsam") == "sam",
+        multimask,
         device,
         box_origin,
     )
 
 
+def _item_prompts(fit: _Fit, item: TrainItem, kind: str, cfg: AssistConfig, rng: np.random.Generator) -> list[Prompts]:
+    """``prompts_per_slice`` prompts of ``kind`` on ``item`` (model-in-the-loop kinds decode to place clicks)."""
+    if kind not in MODEL_IN_LOOP_KINDS:
+        return item.sampler.sample(kind, cfg.prompts_per_slice, rng)
+    return [
+        click_prompt(
+            fit.backend,
+            fit.module,
+            item.array,
+            item.geometry,
+            item.sampler.mask,
+            kind,
+            cfg.max_points or 10,
+            item.sampler.jittered_box(rng) if kind == "box_clicks" else None,
+            rng,
+        )
+        for _ in range(cfg.prompts_per_slice)
+    ]
+
+
+def _prompt_loss(fit: _Fit, item: TrainItem, prompts: list[Prompts]) -> torch.Tensor:
+    """The loss of a batch of prompts on one slice (prompts with a mask input are decoded one by one)."""
+    if any(p.mask_input is not None for p in prompts):
+        losses = [_prompt_loss_batch(fit, item, [p]) for p in prompts]
+        return torch.stack(losses).mean()
+    return _prompt_loss_batch(fit, item, prompts)
+
+
+def _prompt_loss_batch(fit: _Fit, item: TrainItem, prompts: list[Prompts]) -> torch.Tensor:
+    if prompts[0].mask_input is not None:
+        pts, box, mask = fit.backend.prompt_tensors(prompts[0], item.geometry)
+    else:
+        (pts, box), mask = _prompt_tensors(prompts, item.geometry, fit.device), None
+    sparse, dense = fit.module(points=pts, boxes=box, masks=mask)
+    out_masks, _ = fit.decoder.predict_masks(
+        image_embeddings=item.embedding,
+        image_pe=fit.image_pe,
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+    )
+    single = None
+    if fit.multimask and box is None:
+        single = torch.tensor([p.points_xy is not None and len(p.points_xy) == 1 for p in prompts], device=fit.device)
+    return _loss(out_masks, item.target, single)
+
+
 def _train_step(fit: _Fit, cfg: AssistConfig, rng: np.random.Generator) -> float:
-    """One optimisation step over every annotated slice; returns the step's loss."""
+    """One optimisation step over every annotated slice (or ``cfg.slices_per_step`` drawn ones); returns its loss."""
     fit.optimiser.zero_grad(set_to_none=True)
     total = 0.0
-    for emb, sampler, tgt in fit.data:
+    items = fit.data
+    if cfg.slices_per_step and cfg.slices_per_step < len(items):
+        items = [items[i] for i in rng.choice(len(items), size=cfg.slices_per_step, replace=False)]
+    for item in items:
         kind = fit.kinds[int(rng.choice(len(fit.kinds), p=fit.weights))]
-        prompts = sampler.sample(kind, cfg.prompts_per_slice, rng)
-        pts, box = _prompt_tensors(prompts, fit.geometry, fit.device)
-        sparse, dense = fit.module(points=pts, boxes=box, masks=None)
-        out_masks, _ = fit.decoder.predict_masks(
-            image_embeddings=emb,
-            image_pe=fit.image_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-        )
-        single = None
-        if fit.multimask and box is None:
-            single = torch.tensor(
-                [p.points_xy is not None and len(p.points_xy) == 1 for p in prompts], device=fit.device
-            )
-        loss = _loss(out_masks, tgt, single) / len(fit.data)
+        loss = _prompt_loss(fit, item, _item_prompts(fit, item, kind, cfg, rng)) / len(items)
         loss.backward()
         total += float(loss.detach())
     if fit.box_origin:
@@ -271,7 +355,7 @@ def _train_step(fit: _Fit, cfg: AssistConfig, rng: np.random.Generator) -> float
     return total
 
 
-def _train(
+def train_loop(
     fit: _Fit, cfg: AssistConfig, rng: np.random.Generator, progress: ProgressFn | None, should_stop: StopFn | None
 ) -> list[float]:
     """The optimisation steps (until ``cfg.steps`` or the time budget); returns the loss per step."""
@@ -327,12 +411,12 @@ def fit_prompt_encoder(
     device = torch.device(cfg.device) if cfg.device else backend.device
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
-    data = _load_data(segmenter, checked, axis, cfg, segmenter.input_geometry(axis), device, progress, should_stop)
-    fit = _new_fit(segmenter, data, axis, cfg, device)
+    data = _load_data(segmenter, checked, axis, cfg, device, progress, should_stop)
+    fit = new_fit(backend, data, cfg, device, start=getattr(segmenter, "base_prompt_encoder", None))
     start = time.perf_counter()
-    history = _train(fit, cfg, rng, progress, should_stop)
+    history = train_loop(fit, cfg, rng, progress, should_stop)
     module = fit.module.eval()
-    for p in module.parameters():
+    for p in list(module.points.parameters()) + list(module.boxes.parameters()):
         p.requires_grad_(False)
     return LearnedPromptEncoder(
         module=module.to(backend.device),
