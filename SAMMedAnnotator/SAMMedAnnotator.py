@@ -82,6 +82,7 @@ class SAMMedAnnotatorParameterNode:
     modelId, intensityPreset ("auto" follows the volume: CT window or MR clip), device.
     precomputeRadius: slices encoded each side of the current one. autoPreview: decode on every prompt change.
     useDiskCache: keep embeddings under Slicer's cache folder. useLearnedPrompts: SAMassist compare on/off.
+    useLearnedClicks: the shipped population prompt encoder (clicks work) or the model's own, to compare.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode | None
@@ -97,6 +98,7 @@ class SAMMedAnnotatorParameterNode:
     autoPreview: bool = True
     useDiskCache: bool = False
     useLearnedPrompts: bool = True
+    useLearnedClicks: bool = True
 
 
 class SAMMedAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -426,6 +428,7 @@ class SAMMedAnnotatorLogic(ScriptedLoadableModuleLogic):
         segmenter = self._annotator.segmenter if self._annotator is not None else None
         if segmenter is not None:
             segmenter.use_learned = bool(p.useLearnedPrompts)
+            segmenter.promptEncoder = "learned" if p.useLearnedClicks else "original"
 
     def cleanup(self) -> None:
         if self._annotator is not None:

@@ -87,6 +87,7 @@ def _table(rows: list[dict]) -> str:
 
 def run_demo(out: str | Path, device: str = "auto") -> dict:
     """Segment the bundled CT (one tight box per organ), write the outputs into ``out`` and return the summary."""
+    from . import prompt_encoders
     from .geometry import extract_slice
     from .geometry import insert_slice
     from .io import read_volume
@@ -107,6 +108,7 @@ def run_demo(out: str | Path, device: str = "auto") -> dict:
     t0 = time.perf_counter()
     backend = load_backend("litemedsam", device=device)
     segmenter = Segmenter(volume, backend)
+    segmenter.base_prompt_encoder = prompt_encoders.resolve(backend)  # clicks work: the shipped encoder
     labels_kji = np.zeros(volume.shape_kji, dtype=np.uint8)
     rows, panels = [], []
     for value, (name, ref_value) in enumerate(DEMO_LABELS.items(), start=1):

@@ -97,6 +97,9 @@ class Segmenter:
         self.cache = cache if cache is not None else EmbeddingCache()
         self.context = context
         self.prompt_encoder: Any = None  # a learned (SAMassist) prompt encoder, used when ``use_learned`` is True
+        # used otherwise: None (the model's own) or what ``prompt_encoders.resolve`` gives (the shipped population
+        # encoder, which the command line, the worker, the server and the demo set by default, or a file)
+        self.base_prompt_encoder: Any = None
         self.use_learned = True
         self._empty: dict[tuple[int, int], bool] = {}
 
@@ -256,6 +259,7 @@ class Segmenter:
         mask_input: ArrayLike | None = None,
         multimask: bool | None = None,
         use_learned: bool | None = None,
+        prompt_encoder: str | None = None,
     ) -> SliceResult:
         """Segment one slice from a box and/or points (``prompts``, or the same given as keywords).
 
@@ -268,6 +272,8 @@ class Segmenter:
             mask_input: 256x256 low-res logits of an earlier result on this slice (composite refinement).
             multimask: let the model pick among 3 masks by predicted IoU (default: the backend decides).
             use_learned: use the learned SAMassist prompt encoder if one is set (default: ``self.use_learned``).
+            prompt_encoder: ``original`` decodes with the model's own prompt encoder this time (to compare);
+                None or ``learned``: the SAMassist encoder when used, else ``base_prompt_encoder``.
 
         Raises:
             TypeError: an index that is not a whole number.
@@ -284,6 +290,8 @@ class Segmenter:
             raise ValueError(empty_slice_message(axis, index))
         emb = self.embedding(axis, index)
         learned = self.use_learned if use_learned is None else use_learned
-        pe = self.prompt_encoder if learned else None
+        pe = self.prompt_encoder if learned and self.prompt_encoder is not None else self.base_prompt_encoder
+        if prompt_encoder == "original":
+            pe = None
         res = self.backend.decode(emb, prompts, geom, multimask=multimask, prompt_encoder=pe)
         return SliceResult(res.logits_hw > 0, res.iou, res.logits_hw, res.low_res_logits, axis, index)

@@ -108,6 +108,11 @@ def test_bad_requests_get_error_replies_and_the_worker_keeps_serving(worker):
     assert info.value.kind == "unknown_volume"
     with pytest.raises(protocol.ProtocolError):
         client.submit("segment", {"box": [math.nan, 0, 1, 1]})
+    with pytest.raises(ValueError, match="prompt_encoder must be 'original' or 'learned'"):
+        client.call("segment", {**segmenter.args, "axis": 0, "index": 5, "box": [10, 8, 37, 31], "prompt_encoder": "x"})
+    segmenter.promptEncoder = "original"  # the model's own encoder, per request (the Annotator's compare box)
+    assert segmenter.segment(0, 5, Prompts.make(box_xyxy=[10, 8, 37, 31])).mask_hw.sum() == 20 * 24
+    segmenter.promptEncoder = "learned"
     result = segmenter.segment(0, 5, Prompts.make(box_xyxy=[10, 8, 37, 31]))
     assert result.mask_hw.sum() == 20 * 24, "still serving"
     assert client.call("hello")["protocol"] == protocol.PROTOCOL_VERSION

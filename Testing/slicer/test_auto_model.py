@@ -17,6 +17,7 @@ from data import CT_LABEL_IDS
 from SAMMedAutoLib import AutoReview as review_module
 from SAMMedAutoLib.AutoReview import AutoReview
 
+from sammed import prompt_encoders
 from sammed.prompts import Prompts
 from sammed.segmenter import Segmenter
 from SAMMedLib import SegmentIO
@@ -38,7 +39,8 @@ def test_liver_accept_matches_core_propagation(ct_volume, ct_labels, litemedsam,
     session = ModelSession(logics.scene)
     session.configure("litemedsam", "cpu", "auto", os.environ.get("SAMMED_TEST_CACHE"))
     segmenter = session.segmenter(volume_node)  # in the worker process
-    local = Segmenter(ct_volume, litemedsam, cache=shared_cache)  # the core in this process
+    local = Segmenter(ct_volume, litemedsam, cache=shared_cache)  # the core in this process, with the prompt
+    local.base_prompt_encoder = prompt_encoders.resolve(litemedsam)  # encoder the worker and sammed propagate use
 
     # one prompted slice: a tight box from the reference label on the prompt slice
     rows, cols = np.nonzero(liver[PROMPT_SLICE])

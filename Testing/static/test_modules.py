@@ -61,7 +61,7 @@ def module_constants(name: str) -> dict:
 def cmake_listed(folder: Path) -> set[str]:
     text = (folder / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", folder.name)
     text = re.sub(r"#.*", "", text)
-    return set(re.findall(r"[\w./-]+\.(?:py|ui|png|txt|json)\b", text))
+    return set(re.findall(r"[\w./-]+\.(?:py|ui|png|txt|json|pt|md)\b", text))
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -90,7 +90,7 @@ def test_every_python_file_and_resource_is_listed_in_its_cmakelists(folder):
         for p in base.rglob("*")
         if p.is_file()
         and "__pycache__" not in p.parts
-        and p.suffix in (".py", ".ui", ".png", ".txt")
+        and p.suffix in (".py", ".ui", ".png", ".txt", ".pt", ".json", ".md")
         and p.name != "CMakeLists.txt"
     }
     assert files == listed, (

@@ -61,10 +61,17 @@ def run(args: argparse.Namespace) -> int:
     outputs = Outputs([args.image, args.labels, args.label_names])
     json_out = outputs.add(out / f"eval_{args.protocol}.json", (".json",), "result")
     md_out = outputs.add(out / f"eval_{args.protocol}.md", (".md",), "table")
+    encoders = [c.strip() for c in str(args.prompt_encoder).split(",") if c.strip()]
+    if len(encoders) > 1 and args.protocol != "interactive":
+        raise ValueError("Several --prompt-encoder choices are compared by --protocol interactive only.")
+    args.prompt_encoder = encoders[0] if encoders else "learned"
     segmenter = make_segmenter(args, volume)
     progress = tqdm_progress(f"eval {args.protocol}")
     try:
-        result, table = _run_protocol(args, segmenter, labels.array_kji, label_ids, axis, ablation, progress)
+        if len(encoders) > 1:
+            result, table = _compare_encoders(args, segmenter, labels.array_kji, label_ids, axis, encoders, progress)
+        else:
+            result, table = _run_protocol(args, segmenter, labels.array_kji, label_ids, axis, ablation, progress)
     finally:
         progress.close()  # type: ignore[attr-defined]
     title = f"# sammed eval --protocol {args.protocol}: {volume.name}, model {segmenter.backend.model_id}\n\n"
@@ -73,6 +80,29 @@ def run(args: argparse.Namespace) -> int:
         temps[md_out].write_text(title + table)
     print(table)
     return 0
+
+
+def _compare_encoders(
+    args: argparse.Namespace,
+    segmenter: Segmenter,
+    labels_kji: Any,
+    label_ids: dict[str, int],
+    axis: int,
+    encoders: list[str],
+    progress: Any,
+) -> tuple[dict, str]:
+    """The interactive protocol once per prompt encoder (same slices, seeds and embeddings), side by side."""
+    from .. import prompt_encoders
+    from ..evaluate.interactive import compare_markdown
+    from ..evaluate.interactive import run_interactive_protocol
+
+    results = {}
+    for choice in encoders:
+        segmenter.base_prompt_encoder = prompt_encoders.resolve(segmenter.backend, choice)
+        results[choice] = run_interactive_protocol(
+            segmenter, labels_kji, label_ids, axis, args.slices_per_label or None, args.seed, progress
+        )
+    return {"protocol": "interactive", "prompt_encoders": results}, compare_markdown(results)
 
 
 def _run_protocol(

@@ -19,8 +19,9 @@ from . import models
 from . import propagate
 from . import segment
 from . import serve
+from . import train_prompts
 
-COMMANDS = (segment, embed, assist, propagate, evaluate, models, cache, demo, serve)
+COMMANDS = (segment, embed, assist, propagate, evaluate, models, cache, demo, serve, train_prompts)
 
 
 def build_parser() -> argparse.ArgumentParser:

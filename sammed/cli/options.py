@@ -26,8 +26,8 @@ from ..worker.client import FINAL_KINDS
 from ..worker.client import WorkerError
 from ..worker.remote import RemoteSegmenter
 
-MODEL_DEFAULTS = {"model": "litemedsam", "device": "auto", "runtime": "auto"}
-SERVER_DECIDES = ("checkpoint", "level", "width", "model", "arch", "sha256", "device", "runtime")
+MODEL_DEFAULTS = {"model": "litemedsam", "device": "auto", "runtime": "auto", "prompt_encoder": "learned"}
+SERVER_DECIDES = ("checkpoint", "level", "width", "model", "arch", "sha256", "device", "runtime", "prompt_encoder")
 POLL_S = 0.1  # seconds between two looks at a server job's events
 
 
@@ -47,6 +47,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         choices=RUNTIMES,
         help="image encoder runtime: auto (default: for LiteMedSAM on the CPU OpenVINO, else ONNX Runtime, when "
         "installed; torch otherwise), torch (the reference), onnx or openvino",
+    )
+    g.add_argument(
+        "--prompt-encoder",
+        default=MODEL_DEFAULTS["prompt_encoder"],
+        metavar="original|learned|FILE",
+        help="learned (default: the population encoder shipped for the model, so clicks work; a box alone uses "
+        "whichever was better on its validation slices), original (the model's own) or a file from sammed "
+        "train-prompts",
     )
 
 
@@ -256,7 +264,12 @@ def make_segmenter(args: argparse.Namespace, volume: Any, mapping: Any = None) -
     client = server_client(args)
     if client is not None:
         return RemoteSegmenter(client, volume, args.preset or "auto")
-    return Segmenter(volume, make_backend(args), mapping or make_mapping(args, volume), make_cache(args))
+    from .. import prompt_encoders
+
+    backend = make_backend(args)
+    segmenter = Segmenter(volume, backend, mapping or make_mapping(args, volume), make_cache(args))
+    segmenter.base_prompt_encoder = prompt_encoders.resolve(backend, getattr(args, "prompt_encoder", "learned"))
+    return segmenter
 
 
 def check_model_choice(args: argparse.Namespace) -> None:

@@ -183,3 +183,17 @@ def interactive_markdown(result: dict) -> str:
         lines.append(f"| {name} | {row['slices']} | " + " | ".join(f"{row[c]:.3f}" for c in DICE_COLUMNS) + " |")
     lines.append("| **mean** | | " + " | ".join(f"**{result['mean'][c]:.3f}**" for c in DICE_COLUMNS) + " |")
     return "\n".join(lines) + "\n"
+
+
+def compare_markdown(results: dict[str, dict], columns: tuple[str, ...] = DICE_COLUMNS) -> str:
+    """Mean Dice per label of several runs of the protocol (e.g. per prompt encoder), side by side per column."""
+    names = list(results)
+    first = results[names[0]]
+    head = "| label | slices | " + " | ".join(f"{c} {n}" for c in columns for n in names) + " |"
+    lines = [head, "|" + "---|" * (len(columns) * len(names) + 2)]
+    for label, row in first["per_label"].items():
+        cells = " | ".join(f"{results[n]['per_label'][label][c]:.3f}" for c in columns for n in names)
+        lines.append(f"| {label} | {row['slices']} | {cells} |")
+    cells = " | ".join(f"**{results[n]['mean'][c]:.3f}**" for c in columns for n in names)
+    lines.append(f"| **mean** | | {cells} |")
+    return "\n".join(lines) + "\n"

@@ -99,6 +99,7 @@ def with_context(segmenter: Segmenter, context: str | None) -> Segmenter:
     from ..segmenter import Segmenter
 
     sib = Segmenter(segmenter.volume, segmenter.backend, segmenter.mapping, segmenter.cache, context=context)
+    sib.base_prompt_encoder = segmenter.base_prompt_encoder
     sib.prompt_encoder = segmenter.prompt_encoder
     sib.use_learned = segmenter.use_learned
     return sib

@@ -23,6 +23,7 @@ import numpy as np
 from .. import __version__
 from .. import geometry
 from .. import jobs
+from .. import prompt_encoders
 from ..cache import EmbeddingCache
 from ..io import Volume
 from ..prompts import Prompts
@@ -84,6 +85,7 @@ class WorkerState:
         self.segmenters: dict[tuple[str, str], Segmenter] = {}
         self.yield_point: Callable[[], None] = lambda: None
         self.fake_encode_delay = float(os.environ.get("SAMMED_FAKE_ENCODE_DELAY", "0") or 0)
+        self.prompt_encoder = prompt_encoders.DEFAULT  # of new segmenters: the shipped population encoder
         self._backend: Any = None
         self._lock = threading.RLock()
 
@@ -114,7 +116,9 @@ class WorkerState:
             self.volumes.move_to_end(digest)
             key = (digest, preset)
             if key not in self.segmenters:
-                self.segmenters[key] = Segmenter(volume, self.backend(), cache=self.cache, preset=preset)
+                segmenter = Segmenter(volume, self.backend(), cache=self.cache, preset=preset)
+                segmenter.base_prompt_encoder = prompt_encoders.resolve(segmenter.backend, self.prompt_encoder)
+                self.segmenters[key] = segmenter
             return self.segmenters[key]
 
     # ------------------------------------------------------------------ interactive ops
@@ -201,7 +205,8 @@ class WorkerState:
 
     def op_segment(self, args: dict, control: jobs.JobControl) -> dict:
         """Decode prompts on one slice: ``axis``, ``index``, ``box`` [x0, y0, x1, y1], ``points`` [[x, y], ...],
-        ``labels``, optional ``mask_input`` (256x256 logits), ``multimask``, ``use_learned``; ``low_res`` and
+        ``labels``, optional ``mask_input`` (256x256 logits), ``multimask``, ``use_learned``, ``prompt_encoder``
+        (``original``: the model's own, to compare with the shipped ``learned`` one); ``low_res`` and
         ``logits`` add the 256x256 low-resolution and the full logits to the result."""
         segmenter = self.segmenter(args)
         axis, index = _int(args, "axis"), _int(args, "index")
@@ -214,8 +219,12 @@ class WorkerState:
             args.get("mask_input"),
         )
         encoded = self._ensure_embedding(segmenter, axis, index)
-        use_learned = args.get("use_learned")
-        result = segmenter.segment(axis, index, prompts, multimask=args.get("multimask"), use_learned=use_learned)
+        use_learned, encoder = args.get("use_learned"), args.get("prompt_encoder")
+        if encoder not in (None, "original", "learned"):
+            raise ValueError(f"prompt_encoder must be 'original' or 'learned', not {encoder!r}.")
+        result = segmenter.segment(
+            axis, index, prompts, multimask=args.get("multimask"), use_learned=use_learned, prompt_encoder=encoder
+        )
         out = {"mask": result.mask_hw, "iou": float(result.iou), "axis": axis, "index": index, "encoded": encoded}
         if args.get("low_res"):  # 256 KB that cost a click 9 ms on the wire: only when asked for (refinement)
             out["low_res_logits"] = result.low_res_logits.astype(np.float32)

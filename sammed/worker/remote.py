@@ -58,6 +58,7 @@ class RemoteSegmenter:
         self.volume = volume
         self.preset = preset
         self.learned: dict | None = None  # what the last SAMassist fit reported (None: none in this worker)
+        self.promptEncoder = "learned"  # or "original": the model's own prompt encoder (to compare)
         self._use_learned = True
         self._generation = -1
         self._cached: dict[int, set[int]] = {}
@@ -140,6 +141,8 @@ class RemoteSegmenter:
         args = {**prompts_to_wire(prompts), "axis": int(axis), "index": int(index)}
         if use_learned is not None:
             args["use_learned"] = bool(use_learned)
+        if self.promptEncoder != "learned":
+            args["prompt_encoder"] = self.promptEncoder
         if low_res:
             args["low_res"] = True
         if logits:
