@@ -24,15 +24,17 @@ def require(module: str, hint: str) -> ModuleType:
 
 
 @contextmanager
-def live_server(token: str, state: Any, **options: Any) -> Iterator[tuple[str, Any]]:
+def live_server(token: str, state: Any, port: int | None = None, **options: Any) -> Iterator[tuple[str, Any]]:
     """A real ``sammed serve`` app on 127.0.0.1 (uvicorn in a thread) around ``state``: yields (url, app).
-    ``options`` go to ``create_app`` (``max_upload_mb``, ``job_lease_s``)."""
+    ``port``: a given one (a server started again where the last one was), else a free one; ``options`` go to
+    ``create_app`` (``max_upload_mb``, ``job_lease_s``)."""
     uvicorn = require("uvicorn", "the server tests need uvicorn: run bash scripts/test.sh")
     from sammed.server.app import create_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
     app = create_app(token, state, **options)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -177,3 +177,25 @@ def test_the_volumes_a_server_holds_are_bounded_and_a_dropped_one_is_sent_again(
     assert list(state.volumes) == [second.digest], "the least recently used volume was dropped"
     assert a.segment(0, 6, BOX).mask_hw.any(), "its client opened it again by digest"
     assert list(state.volumes) == [first.digest]
+
+
+def test_a_client_goes_on_after_the_server_restarted():
+    """The server process ends and a new one starts at the same address (nothing of the old one is left): the
+    client's next request finds its volume unknown, opens it again by digest and gets its mask."""
+    from support import live_server as serve
+
+    def fresh_state() -> WorkerState:
+        return WorkerState(backend_factory=lambda model, device, runtime: FakeBackend())
+
+    with serve(TOKEN, fresh_state()) as (url, _app):
+        segmenter = RemoteSegmenter(HttpWorkerClient(url, TOKEN), _cube())
+        assert segmenter.segment(0, 5, BOX).mask_hw.sum() == 20 * 24
+    port = int(url.rsplit(":", 1)[1])
+    from sammed.worker.client import WorkerError
+
+    with pytest.raises(WorkerError, match="cannot be reached"):  # while it is down: a clear error, nothing lost
+        segmenter.segment(0, 6, BOX)
+    state = fresh_state()
+    with serve(TOKEN, state, port=port) as (_url, _app2):
+        assert segmenter.segment(0, 6, BOX).mask_hw.sum() == 20 * 24
+        assert list(state.volumes) == [segmenter.volume.digest], "uploaded again by digest"
