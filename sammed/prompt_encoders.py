@@ -36,7 +36,7 @@ class Shipped:
 
 
 SHIPPED: dict[str, Shipped] = {  # model id -> its shipped encoder (sammed train-prompts --protocol ship)
-    "litemedsam": Shipped("litemedsam_clicks", "7a82f2414fa0e9d7a09c29bd0898aedcdc8fb1277ac73f9c19a2087dda63c36c"),
+    "litemedsam": Shipped("litemedsam_clicks", "3229baacf59e2a6924d049cc531dd493547bc537a702c10e0b9ae9e31f839590"),
 }
 
 

@@ -152,6 +152,7 @@ def run_protocol(
     learned, summary = train_population(sources, config, progress=progress, should_stop=should_stop)
     report: dict[str, Any] = {"protocol": protocol}
     report["training"] = {k: v for k, v in summary.items() if k != "records"}
+    report["training"]["slices"] = slices_by_label(summary["records"])
     report["training"]["labels"] = {s.name: sorted(s.values.values()) for s in sources}
     report["evaluation"] = {}
     for case in cases:
@@ -162,6 +163,15 @@ def run_protocol(
             **result,
         }
     return learned, report
+
+
+def slices_by_label(records: list[dict]) -> dict:
+    """{source: {label: {"train": [slices], "validation": [slices]}}} of the training records."""
+    out: dict[str, dict] = {}
+    for r in records:
+        entry = out.setdefault(r["source"], {}).setdefault(r["label"], {"train": [], "validation": []})
+        entry["validation" if r["validation"] else "train"].append(int(r["slice"]))
+    return out
 
 
 def card(report: dict, learned: Any, command: str, file_sha256: str, data: dict[str, str]) -> dict:
@@ -178,6 +188,10 @@ def card(report: dict, learned: Any, command: str, file_sha256: str, data: dict[
         "training": report["training"],
         "metrics": {
             name: {k: v["mean"] for k, v in ev.items() if k in ("original", "learned")}
+            for name, ev in report["evaluation"].items()
+        },
+        "evaluation": {
+            name: {"labels": ev["labels"], "slices": ev["slices"], "axis": 0}
             for name, ev in report["evaluation"].items()
         },
         "licences": {

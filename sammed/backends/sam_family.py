@@ -25,7 +25,6 @@ from .base import DecodeResult
 from .base import ModelInputGeometry
 
 _FAMILY_SIZE = {"litemedsam": 256, "sam": 1024}
-MAX_PREEMPTIONS = 2  # a background encode of the exported encoder is restarted at most this often for clicks
 _PIXEL_MEAN = (123.675, 116.28, 103.53)
 _PIXEL_STD = (58.395, 57.12, 57.375)
 
@@ -80,6 +79,9 @@ class SamFamilyBackend:
         self.runtime = "torch"  # or "onnx" / "openvino" (``use_export``): which runtime encodes; decoding is torch's
         self._ort: Any = None
         self._yield_point: Callable[[], None] = lambda: None
+        # restarts of a preempted background encode before it runs to its end (None: no bound, the local worker's
+        # one user's clicks always win; a server bounds it: many users' clicks would starve background work)
+        self.max_preemptions: int | None = None
         self._hooked = False
         self._slice_bytes: int | None = None  # GPU memory one slice's encode takes (``batch_size``)
         prompt_encoder: Any = self.model.prompt_encoder
@@ -209,10 +211,11 @@ class SamFamilyBackend:
             from .onnx_encoder import Preempted
 
             x = self.preprocess(image_hw3).cpu().numpy()
-            preempted = 0
+            preempted, most = 0, self.max_preemptions
             while True:  # stopped for a user's request: wait until it is answered, then encode again
-                try:  # after MAX_PREEMPTIONS restarts it runs to the end: clicks every few 100 ms must not starve it
-                    return np.asarray(self._ort.run(x, preemptible=preempted < MAX_PREEMPTIONS)[0], dtype=np.float32)
+                try:  # after ``max_preemptions`` restarts it runs to its end (a server's clicks must not starve it)
+                    preemptible = most is None or preempted < most
+                    return np.asarray(self._ort.run(x, preemptible=preemptible)[0], dtype=np.float32)
                 except Preempted:
                     preempted += 1
                     self._yield_point()

@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+SERVER_MAX_PREEMPTIONS = 2  # a background encode restarted twice for clicks then runs to its end (many users)
+
+
 def read_or_make_token(path: Path) -> str:
     """The token in ``path``, or a new random one written there (mode 0600) on first start.
 
@@ -85,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     state = WorkerState(cache=EmbeddingCache(max_bytes=int(args.cache_gb * (1 << 30))))
     state.model_id, state.device, state.runtime = args.model, args.device, args.runtime
     state.max_volume_bytes = int(args.volumes_gb * (1 << 30))
+    state.max_preemptions = SERVER_MAX_PREEMPTIONS
     scheme = "https" if args.ssl_certfile else "http"
     print(f"SAMMed server on {scheme}://{args.host}:{args.port}; token in {token_file}")
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):

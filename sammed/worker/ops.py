@@ -86,6 +86,7 @@ class WorkerState:
         self.yield_point: Callable[[], None] = lambda: None
         self.fake_encode_delay = float(os.environ.get("SAMMED_FAKE_ENCODE_DELAY", "0") or 0)
         self.prompt_encoder = prompt_encoders.DEFAULT  # of new segmenters: the shipped population encoder
+        self.max_preemptions: int | None = None  # see SamFamilyBackend.max_preemptions (sammed serve: 2)
         self._backend: Any = None
         self._lock = threading.RLock()
 
@@ -97,6 +98,8 @@ class WorkerState:
                 backend = self.backend_factory(self.model_id, self.device, self.runtime)
                 if hasattr(backend, "encode_delay"):
                     backend.encode_delay = self.fake_encode_delay
+                if hasattr(backend, "max_preemptions"):
+                    backend.max_preemptions = self.max_preemptions
                 if hasattr(backend, "set_yield_point"):
                     backend.set_yield_point(lambda: self.yield_point())
                 self._backend = backend
