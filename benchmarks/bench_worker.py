@@ -28,6 +28,7 @@ from common import pct
 from common import write_result
 
 from sammed import geometry
+from sammed import prompt_encoders
 from sammed.demo import example_paths
 from sammed.io import read_volume
 from sammed.models import load_backend
@@ -63,7 +64,7 @@ def clicks(
         prompts = Prompts.make(box, np.array([[cols[k], rows[k]]], dtype=float), [1])
         t = time.perf_counter()
         if bare_too:
-            local.backend.decode(emb32, prompts.checked(ref.shape), geom)
+            local.backend.decode(emb32, prompts.checked(ref.shape), geom, prompt_encoder=local.base_prompt_encoder)
         t_bare = time.perf_counter() - t
         t = time.perf_counter()
         remote.segment(0, idx, prompts)
@@ -135,6 +136,12 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=40)
     ap.add_argument("--slices", type=int, default=8, help="slices encoded for the throughput comparison")
     ap.add_argument("--think", type=float, default=0.25, help="seconds between clicks while the worker encodes")
+    ap.add_argument(
+        "--prompt-encoder",
+        default="learned",
+        choices=("learned", "original"),
+        help="the prompt encoder of both ways (default learned, the worker's default)",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "worker.json"))
     args = ap.parse_args()
 
@@ -146,9 +153,11 @@ def main() -> int:
     idx = geometry.largest_slice(liver, 0)
     ref = liver[idx]
     local = Segmenter(volume, load_backend("litemedsam", device=args.device))
+    local.base_prompt_encoder = prompt_encoders.resolve(local.backend, args.prompt_encoder)  # as the worker decodes
     client = WorkerClient()
     client.configure(model="litemedsam", device=args.device)
     remote = RemoteSegmenter(client, volume)
+    remote.promptEncoder = args.prompt_encoder
     t = time.perf_counter()
     remote.segment(0, idx, Prompts.make(geometry.box_from_mask(ref)))  # starts the worker, loads, encodes
     first_click = time.perf_counter() - t
