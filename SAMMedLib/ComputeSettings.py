@@ -47,12 +47,16 @@ def _read() -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _tokens(data: dict) -> dict:
+    tokens = data.get("tokens")
+    return tokens if isinstance(tokens, dict) else {}
+
+
 def load() -> tuple[str, str]:
     """(server URL, its token); ("", "") for this computer or when nothing was saved (or the file is unreadable)."""
     data = _read()
     url = str(data.get("server", "") or "")
-    tokens = data.get("tokens") if isinstance(data.get("tokens"), dict) else {}
-    return url, str(tokens.get(url, "") or "")
+    return url, str(_tokens(data).get(url, "") or "")
 
 
 def save(url: str, token: str = "") -> str:
@@ -63,8 +67,7 @@ def save(url: str, token: str = "") -> str:
     """
     url = checkURL(url)
     token = (token or "").strip()
-    data = _read()
-    tokens = data.get("tokens") if isinstance(data.get("tokens"), dict) else {}
+    tokens = _tokens(_read())
     if url and not (token or tokens.get(url)):
         raise ValueError(f"The server {url} needs its token (the file sammed serve wrote, server-token).")
     if url and token:

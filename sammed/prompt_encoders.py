@@ -10,10 +10,11 @@ base model's id and SHA256 against the loaded model's (``assist.store.load_learn
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 from typing import Any
+
+from .models import file_sha256
 
 RESOURCES = Path(__file__).resolve().parent / "resources" / "prompt_encoders"
 CHOICES = ("original", "learned")  # or a file path
@@ -38,14 +39,6 @@ class Shipped:
 SHIPPED: dict[str, Shipped] = {  # model id -> its shipped encoder (sammed train-prompts --protocol ship)
     "litemedsam": Shipped("litemedsam_clicks", "3229baacf59e2a6924d049cc531dd493547bc537a702c10e0b9ae9e31f839590"),
 }
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_choice(choice: str) -> str:

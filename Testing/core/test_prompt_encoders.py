@@ -17,6 +17,7 @@ from sammed.assist import recipes
 from sammed.assist.train import RoutedPromptEncoder
 from sammed.assist.train import new_routed
 from sammed.evaluate.interactive import simulate_clicks
+from sammed.models import file_sha256
 from sammed.segmenter import Segmenter
 
 pytestmark = pytest.mark.model
@@ -25,7 +26,7 @@ HELD_OUT = ("liver", "spleen", "kidney_right")  # evaluated in the card: their e
 
 
 def test_the_shipped_file_is_checked_and_its_card_describes_it(litemedsam):
-    assert prompt_encoders.file_sha256(SHIPPED.path) == SHIPPED.sha256
+    assert file_sha256(SHIPPED.path) == SHIPPED.sha256
     card = json.loads(SHIPPED.card.read_text(encoding="utf-8"))
     assert card["file_sha256"] == SHIPPED.sha256
     assert card["base_model"] == {"id": "litemedsam", "sha256": litemedsam.weights_sha256}

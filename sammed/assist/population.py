@@ -40,6 +40,7 @@ from .config import AssistConfig
 from .train import LearnedPromptEncoder
 from .train import TrainItem
 from .train import check_backend
+from .train import frozen
 from .train import new_fit
 from .train import train_item
 from .train import train_loop
@@ -160,9 +161,7 @@ def train_population(
     t1 = time.perf_counter()
     fit = new_fit(backend, train, config, device)
     history = train_loop(fit, config, rng, progress, should_stop)
-    module = fit.module.eval()
-    for p in list(module.points.parameters()) + list(module.boxes.parameters()):
-        p.requires_grad_(False)
+    module = frozen(fit.module)
     original, learned_box = box_dice(backend, validation, None, config), box_dice(backend, validation, module, config)
     route = "original" if original >= learned_box else "learned"
     module.route_box_alone_to(backend.model.prompt_encoder if route == "original" else None)

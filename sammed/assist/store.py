@@ -27,6 +27,7 @@ from .train import attach
 from .train import check_backend
 from .train import check_base
 from .train import fit_prompt_encoder
+from .train import frozen
 from .train import new_routed
 
 if TYPE_CHECKING:
@@ -136,10 +137,7 @@ def load_learned(path: str | os.PathLike, backend: Any) -> LearnedPromptEncoder:
         raise ValueError(f"SAMassist file '{path}' does not fit this model: {str(exc).splitlines()[0]}") from None
     if payload.get("box_alone") == "original":  # a population encoder whose box copy was not better for boxes
         module.route_box_alone_to(backend.model.prompt_encoder)
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    learned.module = module
+    learned.module = frozen(module)
     return learned
 
 

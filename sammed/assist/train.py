@@ -131,6 +131,15 @@ def new_routed(backend: Any, start: torch.nn.Module | None = None) -> RoutedProm
     return RoutedPromptEncoder(copy.deepcopy(base), copy.deepcopy(base))
 
 
+def frozen(module: RoutedPromptEncoder) -> RoutedPromptEncoder:
+    """``module`` in eval mode with its learned copies' parameters frozen (the model's own encoder, when a box alone
+    is routed to it, is not a submodule and stays as the backend keeps it)."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
 def check_backend(backend: Any) -> None:
     """Raises ValueError unless ``backend`` has a trainable SAM prompt encoder."""
     if not (hasattr(backend, "model") and hasattr(backend.model, "prompt_encoder") and backend.image_size):
@@ -415,9 +424,7 @@ def fit_prompt_encoder(
     fit = new_fit(backend, data, cfg, device, start=getattr(segmenter, "base_prompt_encoder", None))
     start = time.perf_counter()
     history = train_loop(fit, cfg, rng, progress, should_stop)
-    module = fit.module.eval()
-    for p in list(module.points.parameters()) + list(module.boxes.parameters()):
-        p.requires_grad_(False)
+    module = frozen(fit.module)
     return LearnedPromptEncoder(
         module=module.to(backend.device),
         model_id=backend.model_id,

@@ -42,10 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train, evaluate, write ``<protocol>.pt`` (the encoder), ``.json`` (its card) and ``.md`` (the table)."""
-    from .. import prompt_encoders
     from ..assist import recipes
     from ..assist.store import save_learned
     from ..evaluate.interactive import compare_markdown
+    from ..models import file_sha256
     from ..models import load_backend
 
     if args.steps < 1 or args.eval_slices < 1:
@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
     output_folder(args.out, "--out")
     path = save_learned(learned, out / f"{args.protocol}.pt")
     command = "sammed train-prompts " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["train-prompts"] else [])
-    data = {k: prompt_encoders.file_sha256(v) for k, v in _example_files().items()}
-    card = recipes.card(report, learned, command.strip(), prompt_encoders.file_sha256(path), data)
+    data = {k: file_sha256(v) for k, v in _example_files().items()}
+    card = recipes.card(report, learned, command.strip(), file_sha256(path), data)
     (out / f"{args.protocol}.json").write_text(recipes.dumps(card) + "\n", encoding="utf-8")
     tables = [
         f"## {name}\n\n" + compare_markdown({k: ev[k] for k in ("original", "learned")})
