@@ -25,6 +25,8 @@ class ComputeOnSection:
 
     def __init__(self, session: Callable, onStatus: Callable[[str], None]) -> None:
         self.session, self.onStatus = session, onStatus
+        # a ctkCollapsibleButton holding a QFormLayout, as Slicer's own scripted widgets build one in Python
+        # (Applications/SlicerApp/Testing/Python/RSNAQuantTutorialTest.py: qt.QFormLayout(collapsibleButton))
         self.widget = ctk.ctkCollapsibleButton()
         self.widget.text = "Compute on"
         self.widget.collapsed = True
